@@ -94,6 +94,8 @@ def test_data_layout_errors(tmp_path):
     (['--batch-size', '30', '--nproc', '4'], 'not divisible by nproc=4'),
     (['--out', '{tmp}/file/sub'], 'not writable'),
     (['--resume', '--out', '{tmp}/fresh'], 'does not exist'),
+    (['--recipe', 'table16_cifar10', '--data', '{tmp}'], 'pass --download'),
+    (['--recipe', 'nope'], 'recipe'),
 ])
 def test_cli_bad_input_exits_2(ds, tmp_path, capsys, args, msg):
     (tmp_path / 'file').write_text('x')
