@@ -1,0 +1,119 @@
+"Training (issue 3): soft-mask callback, resume, DDP equivalence, data layout errors, CLI errors, a smoke run."
+import json, os, subprocess, sys, textwrap
+from pathlib import Path
+import pytest, torch
+from fastai.callback.schedule import ParamScheduler
+from illama.data import fake_imagenet, scan_folder, find_data
+from illama.train import (step_recipe, load_tensors, make_learner, lr_scheds, train, main, _AlphaProbe, CKPT,
+                          read_checkpoint)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+@pytest.fixture(scope='module')
+def ds(tmp_path_factory):
+    return fake_imagenet(tmp_path_factory.mktemp('data') / 'ds', n_classes=3, n_train=8, n_val=3)
+
+def _recipe(**kw): return step_recipe('+ soft mask', 'tiny', 'smoke', **{'epochs': 2, 'batch_size': 8, **kw})
+
+def test_callback_drives_alpha_along_schedule(ds, tmp_path):
+    rec = _recipe(epochs=3, soft_mask='linear', cutoff_epochs=2)
+    t, c = load_tensors(rec, ds, cache=tmp_path)
+    learn = make_learner('+ soft mask', 'tiny', rec, t, c)
+    probe = _AlphaProbe(); learn.fit(rec.epochs, cbs=[ParamScheduler(lr_scheds(rec)), probe])
+    n = len(learn.dls.train)
+    assert probe.train_alphas == rec.schedule().curve(3, n)
+    assert probe.train_alphas[0] == 1.0 and 0 < probe.train_alphas[n] < 1 and probe.train_alphas[2 * n:] == [0.0] * n
+    assert set(probe.valid_alphas) == {0.0}
+    assert learn.model.soft_mask_alpha == 0.0
+
+def test_resume_continues_identically(ds, tmp_path):
+    kw = dict(data=ds, cache=tmp_path / 'c', quiet=True, recipe=_recipe(epochs=3, soft_mask='linear', cutoff_epochs=2.5))
+    full = train('+ soft mask', out=tmp_path / 'full', **kw)
+    train('+ soft mask', out=tmp_path / 'cut', stop_after=2, **kw)
+    assert not (tmp_path / 'cut' / 'results.json').exists()
+    _, meta, _ = read_checkpoint(tmp_path / 'cut' / CKPT); assert meta['epoch'] == 2
+    res = train('+ soft mask', out=tmp_path / 'cut', **kw)
+    assert res.result['resumed_from_epoch'] == 2
+    for k, v in full.model.state_dict().items(): torch.testing.assert_close(v, res.model.state_dict()[k], rtol=0, atol=1e-6)
+    for a, b in zip(full.result['history'], res.result['history']):
+        assert a['lr'] == pytest.approx(b['lr']) and a['alpha'] == b['alpha'] and a['top1'] == b['top1']
+    assert (tmp_path / 'cut' / 'results.json').exists() and (tmp_path / 'cut' / 'results.png').exists()
+
+DDP_SCRIPT = textwrap.dedent('''
+    import json, sys, torch
+    from pathlib import Path
+    from fastai.torch_core import rank_distrib
+    from illama.train import train, step_recipe
+    ds, out, bs = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+    rec = step_recipe('+ soft mask', 'tiny', 'smoke', epochs=1, batch_size=bs, mixup=0, cutmix=0, warmup_epochs=0)
+    learn = train('+ soft mask', data=ds, out=out, cache=out / 'cache', quiet=True, recipe=rec, augment=False)
+    if rank_distrib() == 0:
+        torch.save(learn.model.state_dict(), out / 'weights.pt')
+        (out / 'metrics.json').write_text(json.dumps({k: learn.result[k] for k in ('top1', 'top5', 'val_loss', 'nproc')}))
+''')
+
+def test_two_gloo_processes_equal_one(tmp_path):
+    "One step: 2 processes × 6 samples (DDP, gloo) end with the same parameters as 1 process × 12 samples."
+    ds = fake_imagenet(tmp_path / 'ds', n_classes=3, n_train=4, n_val=3)     # 12 train images = one global batch; 9 val
+    script = tmp_path / 'ddp.py'; script.write_text(DDP_SCRIPT)
+    env = {**os.environ, 'PYTHONPATH': str(ROOT), 'OMP_NUM_THREADS': '1'}
+    for n in (1, 2):
+        out = tmp_path / f'np{n}'; out.mkdir()
+        cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={n}', str(script), str(ds), str(out), '12']
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    w1, w2 = torch.load(tmp_path / 'np1' / 'weights.pt'), torch.load(tmp_path / 'np2' / 'weights.pt')
+    for k in w1: torch.testing.assert_close(w1[k], w2[k], rtol=1e-4, atol=1e-6)
+    m1, m2 = (json.loads((tmp_path / f'np{n}' / 'metrics.json').read_text()) for n in (1, 2))
+    assert m2['nproc'] == 2 and m1['top1'] == pytest.approx(m2['top1']) and m1['top5'] == pytest.approx(m2['top5'])
+    assert m1['val_loss'] == pytest.approx(m2['val_loss'], rel=1e-4)   # exact over ranks despite the padded duplicate
+    assert sorted(p.name for p in (tmp_path / 'np2').iterdir() if p.suffix != '.pt' and p.name != 'cache') == \
+        ['checkpoint.safetensors', 'metrics.json', 'results.json', 'results.png']
+
+def test_data_layout_errors(tmp_path):
+    with pytest.raises(ValueError, match='is not a folder'): scan_folder(tmp_path / 'missing')
+    (tmp_path / 'a' / 'train').mkdir(parents=True)
+    with pytest.raises(ValueError, match='has no class folders'): scan_folder(tmp_path / 'a')
+    (tmp_path / 'a' / 'train' / 'c1').mkdir()
+    with pytest.raises(ValueError, match='has no images'): scan_folder(tmp_path / 'a')
+    a = fake_imagenet(tmp_path / 'v', n_classes=1, n_train=1, n_val=1)
+    import shutil; shutil.rmtree(a / 'val')
+    with pytest.raises(ValueError, match='has no val/ folder'): scan_folder(a)
+    ds = fake_imagenet(tmp_path / 'b', n_classes=2, n_train=1, n_val=1)
+    (ds / 'val' / 'extra').mkdir()
+    with pytest.raises(ValueError, match='same classes as train'): scan_folder(ds)
+    with pytest.raises(ValueError, match='ILLAMA_DATA'):
+        os.environ['ILLAMA_DATA'] = str(tmp_path / 'nope')
+        try: find_data()
+        finally: del os.environ['ILLAMA_DATA']
+
+@pytest.mark.parametrize('args,msg', [
+    (['--step', 'nope'], 'not a roadmap step'),
+    (['--regime', 'gpu'], 'regime'),
+    (['--data', '{tmp}/missing'], 'is not a folder'),
+    (['--data', '{tmp}'], 'has no train/ folder'),
+    (['--batch-size', '30', '--nproc', '4'], 'not divisible by nproc=4'),
+    (['--out', '{tmp}/file/sub'], 'not writable'),
+    (['--resume', '--out', '{tmp}/fresh'], 'does not exist'),
+    (['--recipe', 'table16_cifar10', '--data', '{tmp}'], 'pass --download'),
+    (['--recipe', 'nope'], 'recipe'),
+])
+def test_cli_bad_input_exits_2(ds, tmp_path, capsys, args, msg):
+    (tmp_path / 'file').write_text('x')
+    args = [a.format(tmp=tmp_path) for a in args]
+    if '--data' not in args: args += ['--data', str(ds)]
+    if '--out' not in args: args += ['--out', str(tmp_path / 'out')]
+    with pytest.raises(SystemExit) as e: main(['--regime', 'smoke', *args] if '--regime' not in args else args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert msg in err and err.count('\n') == 1, err
+    assert not (tmp_path / 'out').exists() and not (tmp_path / 'fresh').exists()
+
+def test_cli_smoke_run_loss_falls(ds, tmp_path, capsys):
+    res = main(['--step', 'ViT', '--regime', 'smoke', '--data', str(ds), '--out', str(tmp_path / 'run'), '--cache', str(tmp_path / 'c'),
+                '--batch-size', '8', '--epochs', '6'])
+    h = res['history']
+    assert len(h) == 6 and h[-1]['train_loss'] < h[0]['train_loss'] and h[-1]['valid_loss'] < h[0]['valid_loss']
+    r = json.loads((tmp_path / 'run' / 'results.json').read_text())
+    assert {'top1', 'top5', 'train_loss', 'val_loss', 'epochs', 'wall_time_s', 'images_per_s', 'seed', 'config', 'git'} <= set(r)
+    assert r['config']['model']['depth'] == 2 and r['config']['recipe']['epochs'] == 6
