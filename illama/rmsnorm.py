@@ -5,12 +5,12 @@
 # %% auto #0
 __all__ = ['RMSNorm']
 
-# %% ../nbs/02_rmsnorm.ipynb #41f2534f
+# %% ../nbs/02_rmsnorm.ipynb #bfdd190f
 import torch
 import torch.nn as nn
 from .vit import NORM_LAYERS, add_step
 
-# %% ../nbs/02_rmsnorm.ipynb #a1c23aac
+# %% ../nbs/02_rmsnorm.ipynb #0bc71c77
 @NORM_LAYERS.register('rmsnorm')
 class RMSNorm(nn.Module):
     "LLaMA's RMSNorm: `x / sqrt(mean(x²) + eps) * weight`, the statistic in float32 (key layout: `weight` only)."
@@ -23,6 +23,6 @@ class RMSNorm(nn.Module):
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
     def extra_repr(self): return f"{self.weight.shape[0]}, eps={self.eps}"
 
-# %% ../nbs/02_rmsnorm.ipynb #fb9b65ec
+# %% ../nbs/02_rmsnorm.ipynb #8807e6ae
 add_step('+ LLaMA Norm', '+ LLaMA FFN', arch=dict(norm='rmsnorm'), tables=('table17',),
          paper=dict(tiny=74.5, tiny_train_loss=3.406, base=81.7, base_train_loss=2.721), aliases=('rmsnorm', '+ rmsnorm'))

@@ -5,19 +5,19 @@
 # %% auto #0
 __all__ = ['llama_hidden_dim', 'SwiGLU']
 
-# %% ../nbs/01_swiglu.ipynb #cb026aa4
+# %% ../nbs/01_swiglu.ipynb #fd2a7921
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from .vit import FFN_LAYERS, add_step
 
-# %% ../nbs/01_swiglu.ipynb #057187e7
+# %% ../nbs/01_swiglu.ipynb #b3bfc14f
 def llama_hidden_dim(dim: int, mlp_ratio: float = 4.0, multiple_of: int = 256) -> int:
     "LLaMA's FFN width: 2/3 of `mlp_ratio * dim`, rounded up to a multiple of `multiple_of`."
     hidden = int(2 * int(dim * mlp_ratio) / 3)
     return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
 
-# %% ../nbs/01_swiglu.ipynb #1f4f8240
+# %% ../nbs/01_swiglu.ipynb #af76f2e2
 @FFN_LAYERS.register('swiglu')
 class SwiGLU(nn.Module):
     "LLaMA's FFN: `fc2(SiLU(fc1(x)) * fc3(x))`, three bias-free projections (key layout `mlp.fc1/fc2/fc3`)."
@@ -29,6 +29,6 @@ class SwiGLU(nn.Module):
         self.fc3 = nn.Linear(dim, hidden, bias=False)   # up projection
     def forward(self, x): return self.fc2(F.silu(self.fc1(x)) * self.fc3(x))
 
-# %% ../nbs/01_swiglu.ipynb #c58b9ef1
+# %% ../nbs/01_swiglu.ipynb #3c8bf175
 add_step('+ LLaMA FFN', 'ViT', arch=dict(ffn='swiglu'), tables=('table17',),
          paper=dict(tiny=74.3, tiny_train_loss=3.407, base=82.0, base_train_loss=2.724), aliases=('swiglu', '+ swiglu'))
