@@ -1,0 +1,174 @@
+"Chapter 7's fast attention against the plain Eq. 1 / Eq. 2 reference; FLOPs (Table 2); torch.compile and bf16; the benchmark CLI."
+import json, subprocess, sys
+from pathlib import Path
+import pytest, torch
+import torch.nn.functional as F
+from illama.masks import AttentionMask, attention_reference, soft_mask, causal_mask
+from illama.fast_attention import (attention_impl, post_softmax_attention, post_softmax_sdpa, rotate_qk, table2_flops,
+                                   causal_needed_macs, counted_macs, sdpa_lse)
+from illama.vit import Attention, create_roadmap_model, ROADMAP
+from illama.rope import Rope1D, Rope2D
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=5)
+
+def _grads(out, ins, g): return torch.autograd.grad(out, ins, g)
+
+def _close(a, b, eps=1e-5): assert (a - b).abs().max().item() <= eps, (a - b).abs().max().item()
+
+@pytest.mark.parametrize('n', [2, 17, 64, 197])
+@pytest.mark.parametrize('kind', ['post_softmax', 'additive'])
+@pytest.mark.parametrize('cls', ['none', 'first', 'last'])
+def test_fast_equals_reference(n, kind, cls):
+    "Every mode, class token first or last, alpha in {0, 0.3, 1}: values and gradients equal Eq. 1 / Eq. 2 as written (fp32, 1e-5)."
+    cls_row = {'none': None, 'first': 0, 'last': n - 1}[cls]
+    torch.manual_seed(n)
+    qkv = torch.randn(2, n, 3, 3, 16).permute(2, 0, 3, 1, 4)          # non-contiguous q, k, v as the model makes them
+    q, k, v = (t.detach().requires_grad_() for t in qkv.unbind(0))
+    for alpha in (0.0, 0.3, 1.0):
+        m = AttentionMask(n, cls_row, kind, alpha)
+        out = m.attend(q, k, v)
+        ref = attention_reference(q, k, v, soft_mask(n, alpha, cls_row), kind)
+        _close(out, ref)
+        g = torch.randn_like(out)
+        for a, b in zip(_grads(out, (q, k, v), g), _grads(ref, (q, k, v), g)): _close(a, b)
+
+def test_reference_switch_is_the_reference():
+    m = AttentionMask(9, 0, 'post_softmax', 0.2)
+    q, k, v = torch.randn(3, 1, 2, 9, 8).unbind(0)
+    with attention_impl('reference'): r = m.attend(q, k, v)
+    assert torch.equal(r, attention_reference(q, k, v, m.dense()))
+    with pytest.raises(ValueError, match="attention impl='flash' is not allowed"):
+        with attention_impl('flash'): pass
+
+@pytest.mark.parametrize('alpha', [0.0, 0.5, 0.999])
+def test_one_call_form_on_2n_keys(alpha):
+    "The any-device form: one SDPA over keys [K; K], values [V; 0], mask [log S | log(1-S)] is Eq. 2."
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 13, 8, requires_grad=True) for _ in range(3))
+    for c in (None, 0):
+        out, ref = post_softmax_sdpa(q, k, v, alpha, c), attention_reference(q, k, v, soft_mask(13, alpha, c))
+        _close(out, ref)
+        g = torch.randn_like(out)
+        for a, b in zip(_grads(out, (q, k, v), g), _grads(ref, (q, k, v), g)): _close(a, b)
+
+def test_lse_is_the_log_sum_exp():
+    q, k, v = torch.randn(3, 1, 2, 7, 8).unbind(0)
+    for causal in (False, True):
+        a = (q @ k.transpose(-2, -1)) * 8 ** -0.5
+        if causal: a = a.masked_fill(~causal_mask(7), float('-inf'))
+        _close(sdpa_lse(q, k, v, causal)[1], a.logsumexp(-1))
+
+def test_no_n_by_n_tensor_at_inference():
+    "The paper's inference mode (post-softmax causal, alpha 0) allocates nothing of size heads x N x N; the reference does."
+    from torch.profiler import profile
+    n, h = 197, 3
+    q, k, v = torch.randn(3, 1, h, n, 32).unbind(0)
+    m = AttentionMask(n)
+    def largest(fn):
+        with torch.no_grad(), profile(profile_memory=True) as p: fn()
+        return max(e.self_cpu_memory_usage for e in p.events())
+    nn_bytes = h * n * n * 4
+    assert largest(lambda: m.attend(q, k, v)) < nn_bytes <= largest(lambda: attention_reference(q, k, v, m.dense()))
+
+@pytest.mark.parametrize('rope', [Rope1D(8, (4, 4)), Rope2D(8, (4, 4), cls_pos='first')])
+def test_fused_rope_is_bit_identical(rope):
+    qkv = torch.randn(2, 17, 3, 2, 8)
+    q, k = rope(qkv[:, :, 0].transpose(1, 2), qkv[:, :, 1].transpose(1, 2))
+    q2, k2 = rotate_qk(qkv[:, :, :2], rope.cos, rope.sin).permute(2, 0, 3, 1, 4).unbind(0)
+    assert torch.equal(q, q2) and torch.equal(k, k2)
+
+@pytest.mark.parametrize('step', list(ROADMAP))
+def test_models_fast_equal_reference(step):
+    "Every roadmap step: logits and parameter gradients with the fast path equal those with the plain reference."
+    torch.manual_seed(0)
+    m = create_roadmap_model(step, **TINY); m.set_soft_mask_alpha(0.3)
+    x = torch.randn(2, 3, 32, 32)
+    y = m(x); g = torch.autograd.grad(y.square().sum(), list(m.parameters()))
+    with attention_impl('reference'):
+        yr = m(x); gr = torch.autograd.grad(yr.square().sum(), list(m.parameters()))
+    _close(y, yr)
+    for a, b in zip(g, gr): _close(a, b)
+
+def test_rope_size_mismatch_still_raises():
+    m = create_roadmap_model('+ soft mask', **TINY)
+    x = m.tokens(torch.randn(1, 3, 32, 32))[:, :-1]
+    with pytest.raises(ValueError, match='rope table has 17 positions but the sequence has 16 tokens'):
+        m.blocks[0](x, m.attention_mask(16), m.rope)
+
+def test_table2_against_flop_counter():
+    "Bidirectional: Table 2 is what the counter counts. Causal: the counter counts fused SDPA as full; Table 2's formula is"
+    " the post-softmax count with the triangle as floor(N^2/2)+1 entries (exact only for N <= 2)."
+    d = 64
+    layer = Attention(d, 2)
+    for n in (2, 5, 50):
+        x = torch.randn(1, n, d)
+        for mask in (None, AttentionMask(n), AttentionMask(n, kind='additive'), AttentionMask(n, alpha=0.5)):
+            assert counted_macs(layer, x, mask) == table2_flops(n, d)
+        diff = causal_needed_macs(n, d) - table2_flops(n, d, 'causal')
+        assert diff == (n * (n + 1) // 2 - n * n // 2 - 1) * d
+        assert (diff == 0) == (n <= 2)
+    # the count of the causal math, by explicit row-by-row products
+    n = 9; q, k, v = torch.randn(3, 1, 2, n, d // 2).unbind(0)
+    def rows(ps):
+        for i in range(n):
+            a = q[..., i:i + 1, :] @ (k if ps else k[..., :i + 1, :]).transpose(-2, -1)
+            a.softmax(-1)[..., :i + 1] @ v[..., :i + 1, :]
+    for ps in (True, False):
+        assert counted_macs(rows, ps) == causal_needed_macs(n, d, ps) - 4 * n * d * d
+    with pytest.raises(ValueError, match="mode='sparse' is not allowed"): table2_flops(4, 4, 'sparse')
+
+def test_family_macs_do_not_depend_on_the_attention_path():
+    from illama.models import count_macs
+    with torch.device('meta'): m = create_roadmap_model('+ soft mask', 'tiny')
+    fast = count_macs(m)
+    with attention_impl('reference'): ref = count_macs(m)
+    assert fast == ref and abs(fast / 1e9 - 1.3) <= 0.05
+
+def test_bf16_autocast_forward_backward():
+    torch.manual_seed(0)
+    m = create_roadmap_model('+ soft mask', **TINY)
+    x = torch.randn(4, 3, 32, 32)
+    for alpha in (0.0, 0.5):
+        m.set_soft_mask_alpha(alpha)
+        y32 = m(x); g32 = torch.autograd.grad(y32.sum(), m.blocks[0].attn.qkv.weight)[0]
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            y16 = m(x); g16 = torch.autograd.grad(y16.float().sum(), m.blocks[0].attn.qkv.weight)[0]
+        assert y16.dtype == torch.bfloat16
+        assert (y16.float() - y32).abs().max() < 0.05 * y32.abs().max()
+        assert F.cosine_similarity(g16.flatten().float(), g32.flatten(), dim=0) > 0.99
+
+def test_torch_compile_equals_eager():
+    "Smallest model (one block): compiling takes tens of seconds on two cores."
+    torch.manual_seed(0)
+    m = create_roadmap_model('+ soft mask', img_size=16, patch_size=8, embed_dim=16, depth=1, num_heads=2, num_classes=3)
+    x = torch.randn(2, 3, 16, 16)
+    cm = torch.compile(m)
+    y, yc = m(x), cm(x)
+    _close(yc, y)
+    g = torch.autograd.grad(y.sum(), m.head.weight)[0]; gc = torch.autograd.grad(yc.sum(), m.head.weight)[0]
+    _close(gc, g)
+
+def test_bench_rejects_bad_options():
+    for args, msg in [(['--sizes', 'T,X'], "--sizes='T,X' is not allowed"), (['--batch', '0'], '--batch=0 is not allowed'),
+                      (['--img-size', '100'], '--img-size=100 is not allowed')]:
+        r = subprocess.run([sys.executable, '-c', 'from illama.bench import main; main()', *args], capture_output=True, text=True, cwd=ROOT)
+        assert r.returncode == 2 and msg in r.stderr, r.stderr
+
+def test_report_and_targets(tmp_path):
+    from illama.bench import markdown_report, targets, write_atomic
+    row = lambda i, t, m: dict(infer_img_s=i, train_step_s=t, train_peak_mb=m, params_m=5.7)
+    res = dict(settings=dict(device='cpu', device_name='CPU', torch='x', timm='y', batch=64, train_batch=64, img_size=224,
+                             repeats=3, warmup=1, compile=False, memory_img_size=384, memory_batch=32),
+               rows=[dict(size='T', deit=row(100, 1.0, 500), illama=row(110, 1.05, 450), illama_ref=row(80, 1.3, 900),
+                          illama_soft=dict(train_step_s=1.2))],
+               memory_577=dict(illama=600.0, illama_ref=1200.0))
+    t = {x['name'].split(':')[0]: x for x in targets(res)}
+    assert [round(x['ratio'], 3) for x in targets(res)] == [1.1, 1.05, round(1.2 / 1.05, 3), 0.5]
+    assert all(x['met'] for x in targets(res))
+    res['rows'][0]['illama']['infer_img_s'] = 90
+    assert not targets(res)[0]['met']
+    md = markdown_report(res, 'illama-bench --sizes T', paper={'illama_tiny': 6958, 'deit_tiny': 6051})
+    assert '| iLLaMA-T | 5.7 | 90.0 | 0.90× | 6958 | 1.15× | 1.050 | 1.05× | 450 | 0.90× |' in md, md
+    p = tmp_path / 'out' / 't.md'; write_atomic(p, md)
+    assert p.read_text() == md and not list(p.parent.glob('*.tmp'))
