@@ -143,7 +143,8 @@ class RecipeLoss(nn.Module):
         if targ.ndim == 2: return self.soft(pred, targ)
         return F.cross_entropy(pred, targ, label_smoothing=self.label_smoothing if self.training else 0.0)
 
-def _top_k(pred, targ, k=1): return (pred.topk(min(k, pred.shape[-1]), -1).indices == targ[:, None]).any(-1).float().mean()
+def _top_k(pred, targ, k=1):   # in percent, like the paper's tables
+    return (pred.topk(min(k, pred.shape[-1]), -1).indices == targ[:, None]).any(-1).float().mean() * 100
 def top_k_metric(k: int): return AccumMetric(partial(_top_k, k=k), flatten=False, name=f'top{k}')
 def _ce(pred, targ): return F.cross_entropy(pred.float(), targ)
 def val_ce_metric(): return AccumMetric(_ce, flatten=False, name='val_ce')   # exact over processes, unlike valid_loss

@@ -41,7 +41,7 @@ def test_tables_rebuild_from_results_without_training(tmp_path, capsys):
     spec = get_rows('table17', ['+ LPE'])[0]
     for seed, acc in ((0, 61.0), (1, 63.0)):
         p = result_path(tmp_path, 'cpu', spec, seed); p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(json.dumps(dict(table='table17', slug=spec.slug, seed=seed, status='ok', top1=acc, train_loss=1.2,
+        p.write_text(json.dumps(dict(run_id=spec.run_id, seed=seed, status='ok', top1=acc, train_loss=1.2,
                                      wall_time_s=900, git_rev='abc1234')))
     t0 = time.time()
     assert main(['tables', '--regime', 'cpu', '--root', str(tmp_path)]) == 0
