@@ -347,7 +347,9 @@ def measured_top1(runs, regime=None) -> dict:
     "Mean top-1 (and spread, count) of the runs per roadmap step: {(regime, step name): (mean, sd, n)}."
     from collections import defaultdict
     acc = defaultdict(list)
-    for r in map(run_summary, runs):
+    for raw in runs:
+        if '--' in str(raw.get('run_id', '')): continue   # a table row that changes the step (Tables 3, 5, beyond)
+        r = run_summary(raw)
         if r['step'] is None or not isinstance(r['top1'], (int, float)): continue
         if regime is not None and r['regime'] != regime: continue
         try: name = illama.get_step(str(r['step'])).name
