@@ -228,10 +228,9 @@ def markdown_report(res, command: str = '', paper: dict | None = None, profile: 
     return '\n'.join(lines) + '\n'
 
 def write_atomic(path, text: str):
-    "Write `text` to `path` through a temporary file and `os.replace`."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + '.tmp')
-    tmp.write_text(text); os.replace(tmp, path)
+    "Write `text` to `path` atomically (chapter 10's writer)."
+    from illama.data import write_text_atomic
+    return write_text_atomic(path, text)
 
 # %% ../nbs/08_benchmark.ipynb #063bab15
 def profile_table(size='T', batch=64, img_size=224, device='cpu', row_limit=12) -> str:

@@ -13,8 +13,8 @@ from fastai.data.core import DataLoaders
 
 # %% auto #0
 __all__ = ['IMG_EXTS', 'SPLITS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'find_data', 'scan_folder', 'fake_imagenet', 'load_image',
-           'cache_dir', 'atomic_save', 'decode_items', 'rrc_flip_theta', 'BatchAugment', 'TensorDL', 'folder_tensors',
-           'cifar_tensors', 'make_dls']
+           'cache_dir', 'atomic_save', 'write_text_atomic', 'decode_items', 'rrc_flip_theta', 'BatchAugment',
+           'TensorDL', 'folder_tensors', 'cifar_tensors', 'make_dls']
 
 # %% ../nbs/10_data.ipynb #e4e64a67
 IMG_EXTS = ('.jpeg', '.jpg', '.png', '.bmp', '.webp')
@@ -105,6 +105,10 @@ def atomic_save(obj, path, saver=torch.save):
     finally:
         if os.path.exists(tmp): os.remove(tmp)
     return path
+
+def write_text_atomic(path, text: str):
+    "Write `text` to `path` atomically (`atomic_save` with a text saver)."
+    return atomic_save(text, path, saver=lambda t, p: Path(p).write_text(t))
 
 def decode_items(items, size: int, cache=None, key: str = '', workers: int = 2, write: bool = True, wait_s: float = 7200):
     "uint8 images (N, 3, size, size) and int64 labels of `items`, decoded once and cached (by the `write`r only)."

@@ -168,17 +168,6 @@ def notebook_markdown(nb) -> str:
             if text: parts.append("```\n" + (''.join(text) if isinstance(text, list) else text).rstrip() + "\n```")
     return '\n\n'.join(parts) + '\n'
 
-def _write_atomic(path, text):
-    "Write `text` to `path` through a temporary file in the same folder and `os.replace`."
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=path.suffix + '.tmp')
-    try:
-        with os.fdopen(fd, 'w') as f: f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True); raise
-    return path
-
 def make_readme(root='.', nb=None, quarto: bool | None = None) -> Path:
     "Write README.md from the index notebook (`nb`: an executed one, else `nbs/index.ipynb`); `nbdev_readme` if `quarto`."
     root = Path(root)
@@ -188,7 +177,8 @@ def make_readme(root='.', nb=None, quarto: bool | None = None) -> Path:
         return root / 'README.md'
     md = notebook_markdown(nb if nb is not None else root / 'nbs' / 'index.ipynb')
     md = re.sub(r'\]\((?![a-z]+:|/|#)([^)\s]+\.ipynb)', r'](nbs/\1', md)    # links between notebooks, from the repo root
-    return _write_atomic(root / 'README.md', md)
+    from illama.data import write_text_atomic
+    return write_text_atomic(root / 'README.md', md)
 
 # %% ../nbs/90_docs.ipynb #abb16f16
 RENDERERS = ('auto', 'quarto', 'smalldocs')

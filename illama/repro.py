@@ -8,13 +8,13 @@ import hashlib, json, os, re, statistics, subprocess, sys, time, traceback
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from .vit import get_step, ROADMAP, check_choice
-from .data import atomic_save
+from .data import write_text_atomic
 
 # %% auto #0
 __all__ = ['TABLES', 'TABLE_TITLES', 'REGIME_NOTES', 'CHAPTERS', 'REGIMES', 'RowSpec', 'get_rows', 'write_json_atomic',
-           'write_text_atomic', 'result_path', 'run_notebook_path', 'checkpoint_dir', 'git_revision', 'load_results',
-           'summarize_row', 'render_table', 'write_tables', 'plot_soft_mask_curves', 'nbs_dir', 'run_row', 'row_recipe',
-           'train_row', 'main']
+           'result_path', 'run_notebook_path', 'checkpoint_dir', 'git_revision', 'load_results', 'summarize_row',
+           'render_table', 'write_tables', 'plot_soft_mask_curves', 'nbs_dir', 'run_row', 'row_recipe', 'train_row',
+           'main']
 
 # %% ../nbs/15_repro.ipynb #394f99b1
 @dataclass(frozen=True)
@@ -80,10 +80,7 @@ def get_rows(table: str, rows=None) -> list[RowSpec]:
 # %% ../nbs/15_repro.ipynb #eab16b6d
 def write_json_atomic(path, obj) -> Path:
     "Write `obj` as JSON to `path` atomically (chapter 10's `atomic_save`)."
-    return atomic_save(obj, path, saver=lambda o, p: Path(p).write_text(json.dumps(o, indent=1, default=str)))
-
-def write_text_atomic(path, text: str) -> Path:
-    return atomic_save(text, path, saver=lambda t, p: Path(p).write_text(t))
+    return write_text_atomic(path, json.dumps(obj, indent=1, default=str))
 
 def result_path(root, regime, spec: RowSpec, seed: int) -> Path:
     "One result file per trained thing and seed: rows of several tables that train the same run share it."
