@@ -44,8 +44,8 @@ def build(variant: str, size: str, img_size: int = 224, device='cpu', num_classe
     return m
 
 def impl_of(variant: str):
-    "The attention implementation a variant runs with (a context manager)."
-    return attention_impl('reference' if variant == 'illama_ref' else 'fast')
+    "The attention implementation a variant runs with (a context manager): the default `'auto'`, or the plain reference."
+    return attention_impl('reference' if variant == 'illama_ref' else 'auto')
 
 # %% ../nbs/08_benchmark.ipynb #24b3e40b
 def _sync(device):

@@ -15,9 +15,9 @@ from .masks import AttentionMask, attention_reference, causal_mask, soft_mask
 from .rope import Rope
 
 # %% auto #0
-__all__ = ['ATTENTION_IMPLS', 'sdpa_lse', 'sdpa_lse_backward', 'post_softmax_attention_op', 'post_softmax_attention_backward',
-           'post_softmax_sdpa', 'post_softmax_attention', 'attention_impl', 'rotate_qk', 'table2_flops',
-           'causal_needed_macs', 'counted_macs']
+__all__ = ['ATTENTION_IMPLS', 'MATERIALISE_MAX_N', 'sdpa_lse', 'sdpa_lse_backward', 'post_softmax_attention_op',
+           'post_softmax_attention_backward', 'post_softmax_sdpa', 'post_softmax_attention', 'attention_impl',
+           'materialise', 'rotate_qk', 'table2_flops', 'causal_needed_macs', 'counted_macs']
 
 # %% ../nbs/07_fast_attention.ipynb #6b07fa25
 _aten = torch.ops.aten
@@ -117,16 +117,26 @@ def post_softmax_attention(q, k, v, alpha: float = 0.0, cls_row: int | None = No
     return post_softmax_sdpa(q, k, v, alpha, cls_row)
 
 # %% ../nbs/07_fast_attention.ipynb #0fce9f9e
-ATTENTION_IMPLS = ('fast', 'reference')
-_impl = 'fast'
+ATTENTION_IMPLS = ('auto', 'fast', 'reference')
+_impl = 'auto'
+MATERIALISE_MAX_N = 256      # 'auto' materialises attention while training on the CPU up to this many tokens
 
 @contextmanager
 def attention_impl(name: str):
-    "Within the block, attention runs `'fast'` (this chapter) or `'reference'` (Eq. 1 / Eq. 2 as written, n×n)."
+    "Within the block, attention runs `'auto'` (default), `'fast'` (this chapter) or `'reference'` (Eq. 1 / Eq. 2 as written, n×n)."
     global _impl
     old, _impl = _impl, check_choice('attention impl', name, ATTENTION_IMPLS)
     try: yield
     finally: _impl = old
+
+def materialise(q) -> bool:
+    "Whether attention over `q` (B, heads, n, d) runs as the plain n×n product: under 'auto', CPU training at n ≤ `MATERIALISE_MAX_N`."
+    return (_impl == 'auto' and q.device.type == 'cpu' and q.requires_grad and torch.is_grad_enabled()
+            and q.shape[-2] <= MATERIALISE_MAX_N)
+
+def _dense(mask: AttentionMask, q):
+    "The mask for the materialised product: float32 at least, so bf16 does not round the soft mask."
+    return mask.dense(q.device, torch.promote_types(q.dtype, torch.float32))
 
 def _replace_row(out, c, row):
     "`out` with row `c` (dim -2) replaced by `row`, out of place (autograd-safe)."
@@ -136,6 +146,7 @@ def _replace_row(out, c, row):
 def attend(self: AttentionMask, q, k, v):
     "The mask applied to attention over q, k, v (B, heads, n, d): the cheapest exact fused computation."
     if _impl == 'reference': return attention_reference(q, k, v, self.dense(q.device, q.dtype), self.kind)
+    if materialise(q): return attention_reference(q, k, v, _dense(self, q), self.kind)
     c, alpha = self.cls_row, self.alpha
     if c is not None and c % self.n == self.n - 1: c = None        # the last row of C already sees every token
     if alpha == 1: return F.scaled_dot_product_attention(q, k, v)
@@ -169,7 +180,7 @@ def forward(self: Attention, x, mask=None, rope=None):
     else:
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         if rope is not None: q, k = rope(q, k)                         # other rotary modules; raises on a size mismatch
-    x = attend(q, k, v, mask)
+    x = attention_reference(q, k, v) if mask is None and materialise(q) else attend(q, k, v, mask)
     return self.proj(x.transpose(1, 2).reshape(B, N, C))
 
 # %% ../nbs/07_fast_attention.ipynb #91c37b1f

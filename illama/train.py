@@ -14,6 +14,7 @@ import torch.distributed as dist
 from fastai.learner import Learner
 from fastai.callback.core import Callback
 from fastai.callback.schedule import ParamScheduler, combine_scheds, SchedLin, SchedCos
+from fastai.callback.fp16 import MixedPrecision, AMPMode
 from fastai.metrics import AccumMetric, ValueMetric
 from fastai.optimizer import OptimWrapper
 from fastai.torch_core import rank_distrib, num_distrib, set_seed
@@ -27,10 +28,11 @@ import illama.models  # registers every roadmap step and the timm models
 from .data import find_data, folder_tensors, cifar_tensors, make_dls, BatchAugment, atomic_save, cache_dir
 
 # %% auto #0
-__all__ = ['RECIPES', 'REGIMES', 'CKPT', 'Recipe', 'step_recipe', 'step_model_config', 'param_groups', 'RecipeLoss',
+__all__ = ['RECIPES', 'REGIMES', 'PRECISIONS', 'CKPT', 'Recipe', 'step_recipe', 'step_model_config', 'param_groups', 'RecipeLoss',
            'top_k_metric', 'val_ce_metric', 'SoftMaskCallback', 'RecipeCallback', 'lr_scheds', 'make_mixup',
-           'load_tensors', 'make_learner', 'save_checkpoint', 'read_checkpoint', 'load_checkpoint',
-           'CheckpointCallback', 'git_revision', 'plot_history', 'load_init', 'train', 'check_batch', 'main']
+           'load_tensors', 'check_precision', 'Autocast', 'make_learner', 'save_checkpoint', 'read_checkpoint',
+           'load_checkpoint', 'CheckpointCallback', 'git_revision', 'plot_history', 'load_init', 'train', 'check_batch',
+           'main']
 
 # %% ../nbs/11_train.ipynb #4ebbb560
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ class Recipe:
     cutoff_epochs: float = 0
     dataset: str = 'imagenet'       # 'imagenet' (any ImageNet-style folder) | 'cifar10' | 'cifar100'
     max_per_class: int | None = None
+    precision: str = 'fp32'         # 'fp32' | 'bf16' | 'fp16' (autocast; fp16 on CUDA only)
     model: dict = field(default_factory=dict)   # extra IllamaConfig overrides (depth, width of the small regimes)
 
     def replace(self, **kw): return dataclasses.replace(self, **kw)
@@ -91,11 +94,11 @@ RECIPES = {
 # %% ../nbs/11_train.ipynb #37a21af8
 REGIMES = {
     'paper': dict(),
-    'cpu':   dict(epochs=10, batch_size=128, base_lr=1e-3, lr_batch=128, img_size=48, patch_size=6, rrc_scale=(0.35, 1.0),
-                  randaugment=None, random_erasing=0.0, drop_path=0.0, model=dict(depth=6), mix_scale=0.25),
+    'cpu':   dict(epochs=16, batch_size=128, base_lr=1e-3, lr_batch=128, img_size=48, patch_size=6, rrc_scale=(0.35, 1.0),
+                  randaugment=None, random_erasing=0.0, drop_path=0.0, model=dict(depth=6), mix_scale=0.25, precision='bf16'),
     'smoke': dict(epochs=6, batch_size=32, base_lr=2e-3, lr_batch=32, img_size=32, patch_size=8, rrc_scale=(0.5, 1.0),
                   randaugment=None, random_erasing=0.0, drop_path=0.0, max_per_class=32,
-                  model=dict(depth=2, embed_dim=64, num_heads=2), mix_scale=0.25),
+                  model=dict(depth=2, embed_dim=64, num_heads=2), mix_scale=0.25, precision='bf16'),
 }
 
 def step_recipe(step, size='tiny', regime='cpu', epochs=None, recipe: str | None = None, **overrides) -> Recipe:
@@ -215,6 +218,24 @@ def load_tensors(recipe: Recipe, data=None, cache=None, download=False):
     path = find_data(data, download=download, name='imagenette2-160' if recipe.dataset == 'imagenet' else recipe.dataset)
     return folder_tensors(path, recipe.img_size, recipe.max_per_class, cache, write=int(os.environ.get('LOCAL_RANK', 0)) == 0)
 
+PRECISIONS = ('fp32', 'bf16', 'fp16')
+
+def check_precision(precision: str, device='cpu') -> str:
+    "A training precision allowed on `device`: fp16 autocast needs CUDA (its loss scaler); bf16 and fp32 run anywhere."
+    check_choice('precision', precision, PRECISIONS)
+    if precision == 'fp16' and torch.device(device).type != 'cuda':
+        raise ValueError(f"precision='fp16' needs a CUDA device (this run is on {torch.device(device).type}); use 'bf16' or 'fp32'")
+    return precision
+
+class Autocast(MixedPrecision):
+    "fastai's `MixedPrecision` (AMP) on the device the data lives on: fastai 2.8 autocasts CUDA only, so on the CPU it would train in fp32."
+    def before_fit(self):
+        super().before_fit()
+        dev = torch.device(getattr(self.dls, 'device', None) or 'cpu').type
+        self.device_autocast = torch.autocast(dev, dtype=torch.bfloat16 if self.amp_mode == AMPMode.BF16 else torch.float16)
+    def before_batch(self): self.device_autocast.__enter__()
+    def after_loss(self): self.device_autocast.__exit__(None, None, None)
+
 def make_learner(step, size, recipe: Recipe, tensors, classes, seed=0, start_epoch=0, nproc=1, device='cpu', augment=True):
     "fastai `Learner` for a roadmap step trained with `recipe` on decoded `tensors`."
     bs = recipe.batch_size // nproc
@@ -229,6 +250,7 @@ def make_learner(step, size, recipe: Recipe, tensors, classes, seed=0, start_epo
     metrics = [top_k_metric(1), top_k_metric(5), val_ce_metric()]
     if recipe.soft_mask != 'none':
         sm = SoftMaskCallback(recipe.schedule(), start_epoch); cbs.append(sm); metrics.append(sm.metric())
+    if check_precision(recipe.precision, device) != 'fp32': cbs.append(Autocast(recipe.precision))
     opt_func = partial(OptimWrapper, opt=torch.optim.AdamW, betas=tuple(recipe.betas), eps=1e-8)
     learn = Learner(dls, model, loss_func=RecipeLoss(recipe.label_smoothing), opt_func=opt_func, splitter=param_groups,
                     lr=recipe.lr, wd=[recipe.weight_decay, 0.0], wd_bn_bias=True, metrics=metrics, cbs=cbs)
@@ -399,6 +421,7 @@ def _parser():
     p.add_argument('--recipe', default=None, help=f"a named recipe instead of the roadmap's (e.g. table16_cifar10, table13_in1k_tiny); one of {list(RECIPES)}")
     p.add_argument('--epochs', type=int, default=None, help="override the regime's epochs")
     p.add_argument('--batch-size', type=int, default=None, help="override the regime's global batch size")
+    p.add_argument('--precision', default=None, help="override the regime's precision: fp32 | bf16 | fp16 (CUDA only)")
     p.add_argument('--nproc', type=int, default=1, help="processes on this machine (torchrun, DDP)")
     p.add_argument('--init', default=None, help="initialise from these weights (e.g. a pre-training run's checkpoint.safetensors; Table 14 fine-tuning)")
     p.add_argument('--seed', type=int, default=0)
@@ -428,6 +451,7 @@ def main(argv=None):
         if a.epochs is not None and a.epochs < 1: raise ValueError(f"epochs={a.epochs} must be >= 1")
         if a.nproc < 1: raise ValueError(f"nproc={a.nproc} must be >= 1")
         over = {} if a.batch_size is None else dict(batch_size=a.batch_size)
+        if a.precision is not None: over['precision'] = check_precision(a.precision, 'cuda' if torch.cuda.is_available() else 'cpu')
         recipe = step_recipe(step, a.size, a.regime, a.epochs, a.recipe, **over)
         world = max(num_distrib(), a.nproc)
         check_batch(recipe.batch_size, world)

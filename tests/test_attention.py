@@ -27,7 +27,7 @@ def test_fast_equals_reference(n, kind, cls):
     q, k, v = (t.detach().requires_grad_() for t in qkv.unbind(0))
     for alpha in (0.0, 0.3, 1.0):
         m = AttentionMask(n, cls_row, kind, alpha)
-        out = m.attend(q, k, v)
+        with attention_impl('fast'): out = m.attend(q, k, v)
         ref = attention_reference(q, k, v, soft_mask(n, alpha, cls_row), kind)
         _close(out, ref)
         g = torch.randn_like(out)
@@ -40,6 +40,43 @@ def test_reference_switch_is_the_reference():
     assert torch.equal(r, attention_reference(q, k, v, m.dense()))
     with pytest.raises(ValueError, match="attention impl='flash' is not allowed"):
         with attention_impl('flash'): pass
+
+def _largest_alloc(fn):
+    from torch.profiler import profile
+    with profile(profile_memory=True) as p: fn()
+    return max(e.self_cpu_memory_usage for e in p.events())
+
+@pytest.mark.parametrize('kind', ['post_softmax', 'additive'])
+def test_auto_materialises_only_cpu_training_at_small_n(kind):
+    "'auto' = the n x n product for a CPU training step at n <= MATERIALISE_MAX_N (same values and gradients as fused),"
+    " the fused kernels without autograd and at 577 tokens."
+    from illama.fast_attention import materialise, MATERIALISE_MAX_N
+    n, h = 197, 3
+    assert n <= MATERIALISE_MAX_N < 577
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, h, n, 16, requires_grad=True) for _ in range(3))
+    m = AttentionMask(n, n - 1, kind, 0.3)
+    nn_bytes = 2 * h * n * n * 4
+    assert materialise(q) and _largest_alloc(lambda: m.attend(q, k, v)) >= nn_bytes
+    with torch.no_grad(): assert not materialise(q) and _largest_alloc(lambda: m.attend(q, k, v)) < nn_bytes
+    with attention_impl('fast'): assert not materialise(q) and _largest_alloc(lambda: m.attend(q, k, v)) < nn_bytes
+    assert not materialise(torch.randn(1, h, 577, 16, requires_grad=True))
+    out = m.attend(q, k, v)
+    with attention_impl('fast'): fused = m.attend(q, k, v)
+    _close(out, fused)
+    g = torch.randn_like(out)
+    for a, b in zip(_grads(out, (q, k, v), g), _grads(fused, (q, k, v), g)): _close(a, b)
+
+def test_auto_and_fused_agree_under_bf16():
+    "Under bf16 autocast the materialised and the fused paths agree to bf16 tolerance (values and gradients)."
+    torch.manual_seed(0)
+    m = create_roadmap_model('+ soft mask', **TINY); m.set_soft_mask_alpha(0.3)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        y = m(x); g = torch.autograd.grad(y.float().sum(), m.blocks[0].attn.qkv.weight)[0]
+        with attention_impl('fast'): yf = m(x); gf = torch.autograd.grad(yf.float().sum(), m.blocks[0].attn.qkv.weight)[0]
+    assert (y.float() - yf.float()).abs().max() < 0.05 * yf.float().abs().max()
+    assert F.cosine_similarity(g.flatten().float(), gf.flatten().float(), dim=0) > 0.99
 
 @pytest.mark.parametrize('alpha', [0.0, 0.5, 0.999])
 def test_one_call_form_on_2n_keys(alpha):
@@ -84,7 +121,7 @@ def test_models_fast_equal_reference(step):
     torch.manual_seed(0)
     m = create_roadmap_model(step, **TINY); m.set_soft_mask_alpha(0.3)
     x = torch.randn(2, 3, 32, 32)
-    y = m(x); g = torch.autograd.grad(y.square().sum(), list(m.parameters()))
+    with attention_impl('fast'): y = m(x); g = torch.autograd.grad(y.square().sum(), list(m.parameters()))
     with attention_impl('reference'):
         yr = m(x); gr = torch.autograd.grad(yr.square().sum(), list(m.parameters()))
     _close(y, yr)

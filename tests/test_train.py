@@ -26,6 +26,22 @@ def test_callback_drives_alpha_along_schedule(ds, tmp_path):
     assert set(probe.valid_alphas) == {0.0}
     assert learn.model.soft_mask_alpha == 0.0
 
+def test_bf16_recipe_trains_under_autocast_on_cpu(ds, tmp_path):
+    "bf16 recipes (the cpu and smoke regimes) run the model in bf16 during fit on the CPU, where fastai's own callback"
+    " would not autocast; fp32 recipes stay fp32. Predictions reach the loss in fp32."
+    for prec, want in (('bf16', torch.bfloat16), ('fp32', torch.float32)):
+        rec = _recipe(epochs=1, precision=prec)
+        t, c = load_tensors(rec, ds, cache=tmp_path)
+        learn = make_learner('+ soft mask', 'tiny', rec, t, c)
+        seen, preds = set(), set()
+        learn.model.head.register_forward_hook(lambda m, i, o: seen.add(o.dtype))
+        from fastai.callback.core import Callback
+        class Probe(Callback):
+            order = 50
+            def after_loss(self): preds.add(self.pred.dtype)
+        learn.fit(1, cbs=[Probe()])
+        assert seen == {want} and preds == {torch.float32}
+
 def test_resume_continues_identically(ds, tmp_path):
     kw = dict(data=ds, cache=tmp_path / 'c', quiet=True, recipe=_recipe(epochs=3, soft_mask='linear', cutoff_epochs=2.5))
     full = train('+ soft mask', out=tmp_path / 'full', **kw)
@@ -45,7 +61,7 @@ DDP_SCRIPT = textwrap.dedent('''
     from fastai.torch_core import rank_distrib
     from illama.train import train, step_recipe
     ds, out, bs = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
-    rec = step_recipe('+ soft mask', 'tiny', 'smoke', epochs=1, batch_size=bs, mixup=0, cutmix=0, warmup_epochs=0)
+    rec = step_recipe('+ soft mask', 'tiny', 'smoke', epochs=1, batch_size=bs, mixup=0, cutmix=0, warmup_epochs=0, precision='fp32')
     learn = train('+ soft mask', data=ds, out=out, cache=out / 'cache', quiet=True, recipe=rec, augment=False)
     if rank_distrib() == 0:
         torch.save(learn.model.state_dict(), out / 'weights.pt')
@@ -97,7 +113,8 @@ def test_data_layout_errors(tmp_path):
     (['--resume', '--out', '{tmp}/fresh'], 'does not exist'),
     (['--recipe', 'table16_cifar10', '--data', '{tmp}'], 'pass --download'),
     (['--recipe', 'nope'], 'recipe'),
-])
+    (['--precision', 'half'], "precision='half' is not allowed"),
+] + ([] if torch.cuda.is_available() else [(['--precision', 'fp16'], "precision='fp16' needs a CUDA device")]))
 def test_cli_bad_input_exits_2(ds, tmp_path, capsys, args, msg):
     (tmp_path / 'file').write_text('x')
     args = [a.format(tmp=tmp_path) for a in args]
