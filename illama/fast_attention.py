@@ -130,9 +130,9 @@ def attention_impl(name: str):
     finally: _impl = old
 
 def materialise(q) -> bool:
-    "Whether attention over `q` (B, heads, n, d) runs as the plain n×n product: under 'auto', CPU training at n ≤ `MATERIALISE_MAX_N`."
-    return (_impl == 'auto' and q.device.type == 'cpu' and q.requires_grad and torch.is_grad_enabled()
-            and q.shape[-2] <= MATERIALISE_MAX_N)
+    "Whether attention over `q` (B, heads, n, d) runs as the plain n×n product: under 'auto', on the CPU at n ≤ `MATERIALISE_MAX_N` when training or in bf16/fp16."
+    return (_impl == 'auto' and q.device.type == 'cpu' and q.shape[-2] <= MATERIALISE_MAX_N
+            and ((q.requires_grad and torch.is_grad_enabled()) or q.dtype in (torch.bfloat16, torch.float16)))
 
 def _dense(mask: AttentionMask, q):
     "The mask for the materialised product: float32 at least, so bf16 does not round the soft mask."

@@ -48,8 +48,8 @@ def _largest_alloc(fn):
 
 @pytest.mark.parametrize('kind', ['post_softmax', 'additive'])
 def test_auto_materialises_only_cpu_training_at_small_n(kind):
-    "'auto' = the n x n product for a CPU training step at n <= MATERIALISE_MAX_N (same values and gradients as fused),"
-    " the fused kernels without autograd and at 577 tokens."
+    "'auto' = the n x n product for a CPU training step or bf16 at n <= MATERIALISE_MAX_N (same values and gradients as"
+    " fused), the fused kernels for fp32 without autograd and at 577 tokens."
     from illama.fast_attention import materialise, MATERIALISE_MAX_N
     n, h = 197, 3
     assert n <= MATERIALISE_MAX_N < 577
@@ -61,6 +61,7 @@ def test_auto_materialises_only_cpu_training_at_small_n(kind):
     with torch.no_grad(): assert not materialise(q) and _largest_alloc(lambda: m.attend(q, k, v)) < nn_bytes
     with attention_impl('fast'): assert not materialise(q) and _largest_alloc(lambda: m.attend(q, k, v)) < nn_bytes
     assert not materialise(torch.randn(1, h, 577, 16, requires_grad=True))
+    with torch.no_grad(): assert materialise(q.bfloat16()) and not materialise(q.bfloat16()[..., :1, :].expand(2, h, 577, 16))
     out = m.attend(q, k, v)
     with attention_impl('fast'): fused = m.attend(q, k, v)
     _close(out, fused)

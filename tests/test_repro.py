@@ -29,6 +29,10 @@ def test_row_overrides_reach_the_recipe():
     assert sm.warmup_epochs == pytest.approx(50 / 300 * sm.epochs)
     mix = [row_recipe(s, 'paper') for s in TABLES['table5']]
     assert [(r.mixup, r.cutmix) for r in mix] == [(0.8, 1.0), (0.5, 0.4), (0.3, 0.3), (0.2, 0.2), (0.1, 0.1)]
+    # rows that train the same thing share one run: Table 5's tuned pair is Table 17's '+ data aug.', as is Table 3's baseline
+    aug = get_rows('table17', ['+ data aug.'])[0].run_id
+    assert [s.run_id == aug for s in TABLES['table5']] == [False, False, False, False, True]
+    assert TABLES['table3'][0].run_id == aug and len({s.run_id for s in TABLES['table5']}) == 5
     assert row_recipe(TABLES['beyond'][0], 'cpu').model['mask_kind'] == 'additive'
 
 def test_a_failed_row_is_recorded_and_shown(tmp_path):
