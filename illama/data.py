@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_data.ipynb #009018c5
 from __future__ import annotations
-import hashlib, math, os, tempfile, time
+import hashlib, math, os, subprocess, tempfile, time
 from pathlib import Path
 import torch, torch.nn.functional as F
 from fastcore.basics import chunked
@@ -13,8 +13,8 @@ from fastai.data.core import DataLoaders
 
 # %% auto #0
 __all__ = ['IMG_EXTS', 'SPLITS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'find_data', 'scan_folder', 'fake_imagenet', 'load_image',
-           'cache_dir', 'atomic_save', 'write_text_atomic', 'decode_items', 'rrc_flip_theta', 'BatchAugment',
-           'TensorDL', 'folder_tensors', 'cifar_tensors', 'make_dls']
+           'cache_dir', 'atomic_save', 'write_text_atomic', 'git_revision', 'decode_items', 'rrc_flip_theta',
+           'BatchAugment', 'TensorDL', 'folder_tensors', 'cifar_tensors', 'make_dls']
 
 # %% ../nbs/10_data.ipynb #e4e64a67
 IMG_EXTS = ('.jpeg', '.jpg', '.png', '.bmp', '.webp')
@@ -109,6 +109,14 @@ def atomic_save(obj, path, saver=torch.save):
 def write_text_atomic(path, text: str):
     "Write `text` to `path` atomically (`atomic_save` with a text saver)."
     return atomic_save(text, path, saver=lambda t, p: Path(p).write_text(t))
+
+def git_revision(cwd=None) -> str:
+    "The git commit of the code in `cwd` (default: this package), with `-dirty` if tracked files changed; 'unknown' outside a checkout."
+    cwd = cwd or Path(__file__).resolve().parent
+    try:
+        git = lambda *a: subprocess.run(['git', *a], cwd=cwd, capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+        return git('rev-parse', '--short', 'HEAD') + ('-dirty' if git('status', '--porcelain', '--untracked-files=no') else '')
+    except Exception: return 'unknown'
 
 def decode_items(items, size: int, cache=None, key: str = '', workers: int = 2, write: bool = True, wait_s: float = 7200):
     "uint8 images (N, 3, size, size) and int64 labels of `items`, decoded once and cached (by the `write`r only)."

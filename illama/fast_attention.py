@@ -159,11 +159,9 @@ def attend(self: AttentionMask, q, k, v):
 # %% ../nbs/07_fast_attention.ipynb #43181670
 def rotate_qk(qk, cos, sin):
     "Apply RoPE to `qk` (B, n, 2, heads, d) — q and k in one pass — with chapter 4's tables `cos`, `sin` (n, d/2)."
-    c = cos.repeat_interleave(2, -1)[:, None, None]                  # (n, 1, 1, d): c0 c0 c1 c1 ...
-    s = torch.stack((-sin, sin), -1).flatten(-2)[:, None, None]       # (n, 1, 1, d): -s0 s0 -s1 s1 ...
-    x = qk.float()
-    swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)           # x1 x0 x3 x2 ...
-    return (x * c + swapped * s).to(qk.dtype)
+    cis = torch.complex(cos.float(), sin.float())[:, None, None]           # (n, 1, 1, d/2): e^{iθ}
+    x = torch.view_as_complex(qk.float().unflatten(-1, (-1, 2)))           # channel pairs (x0, x1) as x0 + i x1
+    return torch.view_as_real(x * cis).flatten(-2).to(qk.dtype)
 
 _plain_attention_forward = getattr(Attention, '_plain_forward', Attention.forward)
 Attention._plain_forward = _plain_attention_forward                   # chapter 0's forward, kept for the reference

@@ -9,13 +9,12 @@ from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from .vit import get_step, ROADMAP, check_choice
 from .soft_mask import TUNED_MIXUP_CUTMIX
-from .data import write_text_atomic
+from .data import write_text_atomic, git_revision
 
 # %% auto #0
 __all__ = ['TABLES', 'TABLE_TITLES', 'REGIME_NOTES', 'CHAPTERS', 'REGIMES', 'RowSpec', 'get_rows', 'write_json_atomic',
-           'result_path', 'run_notebook_path', 'checkpoint_dir', 'git_revision', 'load_results', 'summarize_row',
-           'render_table', 'write_tables', 'plot_soft_mask_curves', 'nbs_dir', 'run_row', 'row_recipe', 'train_row',
-           'main']
+           'result_path', 'run_notebook_path', 'checkpoint_dir', 'load_results', 'summarize_row', 'render_table',
+           'write_tables', 'plot_soft_mask_curves', 'nbs_dir', 'run_row', 'row_recipe', 'train_row', 'main']
 
 # %% ../nbs/15_repro.ipynb #394f99b1
 @dataclass(frozen=True)
@@ -94,13 +93,6 @@ def run_notebook_path(root, regime, spec: RowSpec, seed: int) -> Path:
 def checkpoint_dir(root, regime, spec: RowSpec, seed: int) -> Path:
     return Path(root) / 'checkpoints' / regime / f'{spec.run_id}__seed{seed}'
 
-def git_revision(cwd=None) -> str:
-    "The current git commit (with `-dirty` if the tree has changes), or 'unknown'."
-    try:
-        rev = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=cwd, capture_output=True, text=True).stdout.strip()
-        return rev + ('-dirty' if dirty else '')
-    except Exception: return 'unknown'
 
 # %% ../nbs/15_repro.ipynb #8e797a08
 def load_results(root, regime: str) -> dict[str, list[dict]]:
@@ -228,7 +220,7 @@ def run_row(spec: RowSpec, regime: str, seed: int = 0, root='experiments', data=
     except BaseException as e:   # a failed (or interrupted) row is recorded, never silently missing
         write_json_atomic(res, dict(run_id=spec.run_id, table=spec.table, row=spec.row, step=spec.step, seed=seed, regime=regime,
                                     status='failed', error=''.join(traceback.format_exception_only(type(e), e))[-2000:],
-                                    wall_time_s=time.time() - t0, git_rev=git_revision(root)))
+                                    wall_time_s=time.time() - t0, git_rev=git_revision()))
         if isinstance(e, KeyboardInterrupt): raise
         log(f'FAILED {spec.row} seed {seed}: {str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}')
         return json.loads(res.read_text())
@@ -281,7 +273,7 @@ def train_row(table: str, row: str, regime: str, seed: int = 0, data=None, epoch
         from illama import train as T
         r = T.train(spec.step, size, regime, data, recipe.epochs, seed, out, recipe=recipe).result
     r = dict(r, run_id=spec.run_id, table=spec.table, row=spec.row, step=spec.step, seed=seed, regime=regime, status='ok',
-             git_rev=r.get('git') or git_revision(Path(__file__).resolve().parents[1]))
+             git_rev=r.get('git') or git_revision())
     write_json_atomic(res, r)
     return r
 

@@ -25,14 +25,13 @@ from timm.loss import SoftTargetCrossEntropy
 from .vit import get_step, roadmap_config, Illama, ROADMAP, SIZES, check_choice
 from .soft_mask import SoftMaskSchedule, TUNED_MIXUP_CUTMIX, SOFT_MASK_SETTINGS
 import illama.models  # registers every roadmap step and the timm models
-from .data import find_data, folder_tensors, cifar_tensors, make_dls, BatchAugment, atomic_save, cache_dir
+from .data import find_data, folder_tensors, cifar_tensors, make_dls, BatchAugment, atomic_save, cache_dir, git_revision
 
 # %% auto #0
 __all__ = ['RECIPES', 'REGIMES', 'PRECISIONS', 'CKPT', 'Recipe', 'step_recipe', 'step_model_config', 'param_groups', 'RecipeLoss',
            'top_k_metric', 'val_ce_metric', 'SoftMaskCallback', 'RecipeCallback', 'lr_scheds', 'make_mixup',
            'load_tensors', 'check_precision', 'Autocast', 'make_learner', 'save_checkpoint', 'read_checkpoint',
-           'load_checkpoint', 'CheckpointCallback', 'git_revision', 'plot_history', 'load_init', 'train', 'check_batch',
-           'main']
+           'load_checkpoint', 'CheckpointCallback', 'plot_history', 'load_init', 'train', 'check_batch', 'main']
 
 # %% ../nbs/11_train.ipynb #4ebbb560
 @dataclass(frozen=True)
@@ -321,11 +320,6 @@ def _broadcast(self: DistributedDL, t, rank):
     if dist.get_backend() == 'nccl': t = t.cuda()
     dist.broadcast(t, rank)
     return t.cpu().tolist()
-
-def git_revision():
-    "The git revision of the code that trains (None outside a checkout)."
-    try: return subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10).stdout.strip() or None
-    except Exception: return None
 
 def plot_history(history, fn, alpha_curve=None):
     "Loss and accuracy per epoch and α per iteration (`alpha_curve`: epochs, α), saved as a PNG (atomically)."
