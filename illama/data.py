@@ -112,7 +112,7 @@ def write_text_atomic(path, text: str):
 
 def git_revision(cwd=None) -> str:
     "The git commit of the code in `cwd` (default: this package), with `-dirty` if tracked files changed; 'unknown' outside a checkout."
-    cwd = cwd or Path(__file__).resolve().parent
+    cwd = cwd or (Path(__file__).resolve().parent if '__file__' in globals() else Path.cwd())
     try:
         git = lambda *a: subprocess.run(['git', *a], cwd=cwd, capture_output=True, text=True, check=True, timeout=10).stdout.strip()
         return git('rev-parse', '--short', 'HEAD') + ('-dirty' if git('status', '--porcelain', '--untracked-files=no') else '')
