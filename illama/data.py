@@ -14,7 +14,8 @@ from fastai.data.core import DataLoaders
 # %% auto #0
 __all__ = ['IMG_EXTS', 'SPLITS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'find_data', 'scan_folder', 'fake_imagenet', 'load_image',
            'cache_dir', 'atomic_save', 'write_text_atomic', 'git_revision', 'decode_items', 'rrc_flip_theta',
-           'BatchAugment', 'TensorDL', 'folder_tensors', 'cifar_tensors', 'make_dls']
+           'BatchAugment', 'TensorDL', 'folder_tensors', 'cifar_tensors', 'make_dls', 'FolderImages', 'StreamDL',
+           'folder_images']
 
 # %% ../nbs/10_data.ipynb #e4e64a67
 IMG_EXTS = ('.jpeg', '.jpg', '.png', '.bmp', '.webp')
@@ -153,7 +154,7 @@ def rrc_flip_theta(n, scale=(0.08, 1.0), ratio=(3/4, 4/3), flip=True, generator=
     return theta
 
 class BatchAugment:
-    "uint8 (B,3,S,S) -> normalised float (B,3,res,res): batched random-resized-crop + flip (train) or centre crop."
+    "uint8 (B,3,S,S) -> normalised float (B,3,res,res): batched random-resized-crop + flip (train; `scale=None`: flip only) or centre crop."
     def __init__(self, res, train=True, scale=(0.08, 1.0), ratio=(3/4, 4/3), flip=True, randaugment=None,
                  random_erasing=0.0, mixup=None, mean=IMAGENET_MEAN, std=IMAGENET_STD):
         self.res, self.train, self.scale, self.ratio, self.flip = res, train, scale, ratio, flip
@@ -171,6 +172,9 @@ class BatchAugment:
 
     def crop(self, x):
         x = x.float()
+        if self.train and self.scale is None:      # already cropped by the loader (`FolderImages`): flip only
+            if not self.flip: return x
+            return torch.where(torch.rand(len(x), 1, 1, 1, device=x.device) < 0.5, x.flip(-1), x)
         if not self.train:
             o = (x.shape[-1] - self.res) // 2
             return x[..., o:o + self.res, o:o + self.res] if o >= 0 else F.interpolate(x, size=self.res, mode='bilinear')
@@ -229,9 +233,47 @@ def cifar_tensors(name='cifar10', root=None, download=False, res=32):
         out[split] = (x, torch.tensor(d.targets, dtype=torch.long))
     return out, list(d.classes)
 
-def make_dls(tensors, res, bs, val_bs=None, seed=0, device='cpu', train_aug=None, drop_last=True):
-    "fastai `DataLoaders` (train shuffled with batched augmentation, val centre-cropped) over decoded tensors."
+def make_dls(tensors, res, bs, val_bs=None, seed=0, device='cpu', train_aug=None, drop_last=True, num_workers=None):
+    "fastai `DataLoaders` (train shuffled with batched augmentation, val centre-cropped) over decoded tensors or `FolderImages`."
+    if isinstance(tensors['train'], torch.utils.data.Dataset):   # `FolderImages` (streaming, below)
+        nw = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
+        trn = StreamDL(tensors['train'], aug=train_aug or BatchAugment(res, train=True, scale=None), bs=bs, shuffle=True,
+                       drop_last=drop_last, num_workers=nw, device=device)
+        val = StreamDL(tensors['val'], aug=BatchAugment(res, train=False), bs=val_bs or bs, num_workers=nw, device=device)
+        return DataLoaders(trn, val, device=device)
     trn = TensorDL(*tensors['train'], aug=train_aug or BatchAugment(res, train=True), bs=bs, shuffle=True,
                    drop_last=drop_last, seed=seed, device=device)
     val = TensorDL(*tensors['val'], aug=BatchAugment(res, train=False), bs=val_bs or bs, device=device)
     return DataLoaders(trn, val, device=device)
+
+# %% ../nbs/10_data.ipynb #3ec69c4e
+class FolderImages(torch.utils.data.Dataset):
+    "A split of an ImageNet-style folder decoded on the fly: train items are random-resized crops of the full image, val items `load_image` at 1.15× `res` (as the cache)."
+    def __init__(self, items, res: int, train: bool = True, scale=(0.08, 1.0), ratio=(3/4, 4/3)):
+        self.items, self.res, self.train, self.scale, self.ratio = list(items), res, train, tuple(scale), tuple(ratio)
+    def __len__(self): return len(self.items)
+    def __getitem__(self, i):
+        f, label = self.items[i]
+        if not self.train: return load_image(f, round(self.res * 1.15)), label
+        from PIL import Image
+        from torchvision.transforms import RandomResizedCrop
+        import numpy as np
+        with Image.open(f) as im:
+            im = im.convert('RGB')
+            t, l, h, w = RandomResizedCrop.get_params(im, list(self.scale), list(self.ratio))
+            im = im.resize((self.res, self.res), Image.BICUBIC, box=(l, t, l + w, t + h))
+            a = np.asarray(im, dtype=np.uint8)
+        return torch.from_numpy(a.copy()).permute(2, 0, 1).contiguous(), label
+
+class StreamDL(DataLoader):
+    "fastai DataLoader over a `FolderImages` (items decoded by `num_workers` processes); batches then pass through `aug` on the device."
+    def __init__(self, dataset, aug=None, **kwargs):
+        super().__init__(dataset, **kwargs)
+        self.aug = aug
+    def after_batch(self, b): return self.aug(b) if self.aug is not None else b
+    def new(self, *args, **kwargs): raise NotImplementedError('StreamDL.new is not supported; build a new StreamDL')
+
+def folder_images(path, res, max_per_class=None, scale=(0.08, 1.0), splits=SPLITS, train_crop=True):
+    "`FolderImages` per split (train cropped at random unless `train_crop=False`) and the class names of an ImageNet-style folder."
+    classes, items = scan_folder(Path(path), max_per_class, splits)
+    return {s: FolderImages(items[s], res, train=(s == 'train' and train_crop), scale=scale) for s in splits}, classes

@@ -25,7 +25,8 @@ from timm.loss import SoftTargetCrossEntropy
 from .vit import get_step, roadmap_config, Illama, ROADMAP, SIZES, check_choice
 from .soft_mask import SoftMaskSchedule, TUNED_MIXUP_CUTMIX, SOFT_MASK_SETTINGS
 import illama.models  # registers every roadmap step and the timm models
-from .data import find_data, folder_tensors, cifar_tensors, make_dls, BatchAugment, atomic_save, cache_dir, git_revision
+from .data import (find_data, folder_tensors, folder_images, FolderImages, cifar_tensors, make_dls, BatchAugment,
+                         atomic_save, cache_dir, git_revision)
 
 # %% auto #0
 __all__ = ['RECIPES', 'REGIMES', 'PRECISIONS', 'CKPT', 'Recipe', 'step_recipe', 'step_model_config', 'param_groups', 'RecipeLoss',
@@ -60,6 +61,7 @@ class Recipe:
     dataset: str = 'imagenet'       # 'imagenet' (any ImageNet-style folder) | 'cifar10' | 'cifar100'
     max_per_class: int | None = None
     precision: str = 'fp32'         # 'fp32' | 'bf16' | 'fp16' (autocast; fp16 on CUDA only)
+    pipeline: str = 'stream'        # 'stream': decode on the fly, crop the full image | 'cache': decode once at 1.15x res
     model: dict = field(default_factory=dict)   # extra IllamaConfig overrides (depth, width of the small regimes)
 
     def replace(self, **kw): return dataclasses.replace(self, **kw)
@@ -94,10 +96,12 @@ RECIPES = {
 REGIMES = {
     'paper': dict(),
     'cpu':   dict(epochs=16, batch_size=128, base_lr=1e-3, lr_batch=128, img_size=48, patch_size=6, rrc_scale=(0.35, 1.0),
-                  randaugment=None, random_erasing=0.0, drop_path=0.0, model=dict(depth=6), mix_scale=0.25, precision='bf16'),
+                  randaugment=None, random_erasing=0.0, drop_path=0.0, model=dict(depth=6), mix_scale=0.25, precision='bf16',
+                  pipeline='cache'),
     'smoke': dict(epochs=6, batch_size=32, base_lr=2e-3, lr_batch=32, img_size=32, patch_size=8, rrc_scale=(0.5, 1.0),
                   randaugment=None, random_erasing=0.0, drop_path=0.0, max_per_class=32,
-                  model=dict(depth=2, embed_dim=64, num_heads=2), mix_scale=0.25, precision='bf16'),
+                  model=dict(depth=2, embed_dim=64, num_heads=2), mix_scale=0.25, precision='bf16',
+                  pipeline='cache'),
 }
 
 def step_recipe(step, size='tiny', regime='cpu', epochs=None, recipe: str | None = None, **overrides) -> Recipe:
@@ -212,9 +216,11 @@ def make_mixup(recipe: Recipe, num_classes: int):
     return Mixup(mixup_alpha=recipe.mixup, cutmix_alpha=recipe.cutmix, label_smoothing=recipe.label_smoothing, num_classes=num_classes)
 
 def load_tensors(recipe: Recipe, data=None, cache=None, download=False):
-    "Decoded train/val tensors and class names for the recipe's dataset."
+    "Train/val data and class names for the recipe's dataset: decoded tensors (`pipeline='cache'`, and CIFAR) or `FolderImages` ('stream')."
     if recipe.dataset in ('cifar10', 'cifar100'): return cifar_tensors(recipe.dataset, data, download, recipe.img_size)
     path = find_data(data, download=download, name='imagenette2-160' if recipe.dataset == 'imagenet' else recipe.dataset)
+    if check_choice('pipeline', recipe.pipeline, ('stream', 'cache')) == 'stream':
+        return folder_images(path, recipe.img_size, recipe.max_per_class, recipe.rrc_scale)
     return folder_tensors(path, recipe.img_size, recipe.max_per_class, cache, write=int(os.environ.get('LOCAL_RANK', 0)) == 0)
 
 PRECISIONS = ('fp32', 'bf16', 'fp16')
@@ -239,7 +245,9 @@ def make_learner(step, size, recipe: Recipe, tensors, classes, seed=0, start_epo
     "fastai `Learner` for a roadmap step trained with `recipe` on decoded `tensors`."
     bs = recipe.batch_size // nproc
     mix = make_mixup(recipe, len(classes)) if augment else None
-    aug = BatchAugment(recipe.img_size, train=True, scale=recipe.rrc_scale if augment else (1, 1), ratio=(3/4, 4/3) if augment else (1, 1),
+    stream = isinstance(tensors['train'], FolderImages)         # cropped in the loader: the batch part only flips
+    if stream and not augment: tensors = {**tensors, 'train': FolderImages(tensors['train'].items, recipe.img_size, train=False)}
+    aug = BatchAugment(recipe.img_size, train=True, scale=(None if stream else recipe.rrc_scale) if augment else (1, 1), ratio=(3/4, 4/3) if augment else (1, 1),
                        flip=augment, randaugment=recipe.randaugment if augment else None,
                        random_erasing=recipe.random_erasing if augment else 0, mixup=mix)
     dls = make_dls(tensors, recipe.img_size, bs, val_bs=bs, seed=seed, device=device, train_aug=aug)
@@ -358,7 +366,7 @@ def train(step='ViT', size='tiny', regime='cpu', data=None, epochs=None, seed=0,
     meta, start, history = None, 0, []
     if ck.exists() and resume is not False:
         _, meta, _ = read_checkpoint(ck)
-        recipe, step, size, seed = Recipe(**{**meta['recipe'], 'betas': tuple(meta['recipe']['betas']),
+        recipe, step, size, seed = Recipe(**{'pipeline': 'cache', **meta['recipe'], 'betas': tuple(meta['recipe']['betas']),
                                              'rrc_scale': tuple(meta['recipe']['rrc_scale']),
                                              'randaugment': tuple(meta['recipe']['randaugment']) if meta['recipe']['randaugment'] else None}), \
                                       meta['step'], meta['size'], meta['seed']
@@ -416,6 +424,7 @@ def _parser():
     p.add_argument('--epochs', type=int, default=None, help="override the regime's epochs")
     p.add_argument('--batch-size', type=int, default=None, help="override the regime's global batch size")
     p.add_argument('--precision', default=None, help="override the regime's precision: fp32 | bf16 | fp16 (CUDA only)")
+    p.add_argument('--pipeline', default=None, help="override the regime's input pipeline: stream (decode on the fly; paper) | cache (decode once)")
     p.add_argument('--nproc', type=int, default=1, help="processes on this machine (torchrun, DDP)")
     p.add_argument('--init', default=None, help="initialise from these weights (e.g. a pre-training run's checkpoint.safetensors; Table 14 fine-tuning)")
     p.add_argument('--seed', type=int, default=0)
@@ -446,6 +455,7 @@ def main(argv=None):
         if a.nproc < 1: raise ValueError(f"nproc={a.nproc} must be >= 1")
         over = {} if a.batch_size is None else dict(batch_size=a.batch_size)
         if a.precision is not None: over['precision'] = check_precision(a.precision, 'cuda' if torch.cuda.is_available() else 'cpu')
+        if a.pipeline is not None: over['pipeline'] = check_choice('pipeline', a.pipeline, ('stream', 'cache'))
         recipe = step_recipe(step, a.size, a.regime, a.epochs, a.recipe, **over)
         world = max(num_distrib(), a.nproc)
         check_batch(recipe.batch_size, world)

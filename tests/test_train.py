@@ -42,6 +42,16 @@ def test_bf16_recipe_trains_under_autocast_on_cpu(ds, tmp_path):
         learn.fit(1, cbs=[Probe()])
         assert seen == {want} and preds == {torch.float32}
 
+def test_streaming_pipeline_trains(ds, tmp_path):
+    "pipeline='stream' (the paper regime's: decode on the fly, crop the full image) trains and writes its results."
+    rec = _recipe(epochs=2, pipeline='stream')
+    learn = train('ViT', data=ds, out=tmp_path / 'run', cache=tmp_path / 'c', quiet=True, recipe=rec)
+    r = json.loads((tmp_path / 'run' / 'results.json').read_text())
+    assert r['config']['recipe']['pipeline'] == 'stream' and r['epochs'] == 2 and r['train_loss'] > 0
+    from illama.data import FolderImages
+    assert isinstance(learn.dls.train.dataset, FolderImages) and not (tmp_path / 'c').exists()
+    assert step_recipe('ViT', 'tiny', 'paper').pipeline == 'stream' and step_recipe('ViT', 'tiny', 'cpu').pipeline == 'cache'
+
 def test_resume_continues_identically(ds, tmp_path):
     kw = dict(data=ds, cache=tmp_path / 'c', quiet=True, recipe=_recipe(epochs=3, soft_mask='linear', cutoff_epochs=2.5))
     full = train('+ soft mask', out=tmp_path / 'full', **kw)
