@@ -13,11 +13,12 @@ from fastcore.basics import patch
 from .vit import Attention, attend, check_choice
 from .masks import AttentionMask, attention_reference, causal_mask, soft_mask
 from .rope import Rope
+from .rmsnorm import RMSNorm
 
 # %% auto #0
 __all__ = ['ATTENTION_IMPLS', 'MATERIALISE_MAX_N', 'sdpa_lse', 'sdpa_lse_backward', 'post_softmax_attention_op',
            'post_softmax_attention_backward', 'post_softmax_sdpa', 'post_softmax_attention', 'attention_impl',
-           'materialise', 'rotate_qk', 'table2_flops', 'causal_needed_macs', 'counted_macs']
+           'materialise', 'rotate_qk', 'RMSNormFunction', 'table2_flops', 'causal_needed_macs', 'counted_macs']
 
 # %% ../nbs/07_fast_attention.ipynb #6b07fa25
 _aten = torch.ops.aten
@@ -180,6 +181,33 @@ def forward(self: Attention, x, mask=None, rope=None):
         if rope is not None: q, k = rope(q, k)                         # other rotary modules; raises on a size mismatch
     x = attention_reference(q, k, v) if mask is None and materialise(q) else attend(q, k, v, mask)
     return self.proj(x.transpose(1, 2).reshape(B, N, C))
+
+# %% ../nbs/07_fast_attention.ipynb #7d04d80c
+class RMSNormFunction(torch.autograd.Function):
+    "Chapter 2's RMSNorm (statistic in float32) with a closed-form backward."
+    @staticmethod
+    def forward(ctx, x, weight, eps: float):
+        xf = x.float()
+        r = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+        ctx.save_for_backward(x, r, weight)
+        return (xf * r).type_as(x) * weight
+    @staticmethod
+    def backward(ctx, gy):
+        x, r, weight = ctx.saved_tensors
+        xhat = x.float() * r
+        gw = (gy * xhat.type_as(x)).flatten(0, -2).sum(0).to(weight.dtype)
+        g = (gy * weight).float()
+        gx = (g - xhat * (g * xhat).mean(-1, keepdim=True)) * r
+        return gx.type_as(x), gw, None
+
+_plain_rmsnorm_forward = getattr(RMSNorm, '_plain_forward', RMSNorm.forward)
+RMSNorm._plain_forward = _plain_rmsnorm_forward                       # chapter 2's forward, kept for the reference
+
+@patch
+def forward(self: RMSNorm, x):
+    "RMSNorm (chapter 2) with a closed-form backward; chapter 2's autograd version under `attention_impl('reference')`."
+    if _impl == 'reference': return self._plain_forward(x)
+    return RMSNormFunction.apply(x, self.weight, self.eps)
 
 # %% ../nbs/07_fast_attention.ipynb #91c37b1f
 def table2_flops(n: int, d: int, mode: str = 'bidirectional') -> int:

@@ -213,3 +213,16 @@ def test_report_and_targets(tmp_path):
     assert '| iLLaMA-T | 5.7 | 90.0 | 0.90× | 6958 | 1.15× | 1.050 | 1.05× | 450 | 0.90× |' in md, md
     p = tmp_path / 'out' / 't.md'; write_atomic(p, md)
     assert p.read_text() == md and not list(p.parent.glob('*.tmp'))
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_rmsnorm_closed_form_backward_equals_autograd(dtype):
+    "Chapter 7's RMSNorm backward equals autograd through chapter 2's forward (fp32: 1e-6; bf16 input: bf16 rounding)."
+    from illama.rmsnorm import RMSNorm
+    torch.manual_seed(0)
+    norm = RMSNorm(16); norm.weight.data.normal_()
+    x = torch.randn(3, 7, 16, dtype=dtype, requires_grad=True); g = torch.randn(3, 7, 16)
+    y = norm(x); d = torch.autograd.grad(y, (x, norm.weight), g)
+    with attention_impl('reference'): yr = norm(x); dr = torch.autograd.grad(yr, (x, norm.weight), g)
+    assert torch.equal(y, yr) and y.dtype == torch.float32
+    eps = 1e-6 if dtype == torch.float32 else 2e-2
+    for a, b in zip(d, dr): assert a.dtype == b.dtype and (a.float() - b.float()).abs().max() <= eps * max(1.0, b.float().abs().max())
