@@ -273,7 +273,7 @@ class StreamDL(DataLoader):
     def after_batch(self, b): return self.aug(b) if self.aug is not None else b
     def new(self, *args, **kwargs): raise NotImplementedError('StreamDL.new is not supported; build a new StreamDL')
 
-def folder_images(path, res, max_per_class=None, scale=(0.08, 1.0), splits=SPLITS, train_crop=True):
-    "`FolderImages` per split (train cropped at random unless `train_crop=False`) and the class names of an ImageNet-style folder."
+def folder_images(path, res, max_per_class=None, scale=(0.08, 1.0), splits=SPLITS):
+    "`FolderImages` per split (train cropped at random) and the class names of an ImageNet-style folder."
     classes, items = scan_folder(Path(path), max_per_class, splits)
-    return {s: FolderImages(items[s], res, train=(s == 'train' and train_crop), scale=scale) for s in splits}, classes
+    return {s: FolderImages(items[s], res, train=s == 'train', scale=scale) for s in splits}, classes

@@ -29,10 +29,11 @@ from .data import (find_data, folder_tensors, folder_images, FolderImages, cifar
                          atomic_save, cache_dir, git_revision)
 
 # %% auto #0
-__all__ = ['RECIPES', 'REGIMES', 'PRECISIONS', 'CKPT', 'Recipe', 'step_recipe', 'step_model_config', 'param_groups', 'RecipeLoss',
-           'top_k_metric', 'val_ce_metric', 'SoftMaskCallback', 'RecipeCallback', 'lr_scheds', 'make_mixup',
-           'load_tensors', 'check_precision', 'Autocast', 'make_learner', 'save_checkpoint', 'read_checkpoint',
-           'load_checkpoint', 'CheckpointCallback', 'plot_history', 'load_init', 'train', 'check_batch', 'main']
+__all__ = ['RECIPES', 'REGIMES', 'PRECISIONS', 'PIPELINES', 'CKPT', 'Recipe', 'step_recipe', 'step_model_config', 'param_groups',
+           'RecipeLoss', 'top_k_metric', 'val_ce_metric', 'SoftMaskCallback', 'RecipeCallback', 'lr_scheds',
+           'make_mixup', 'load_tensors', 'check_precision', 'Autocast', 'make_learner', 'save_checkpoint',
+           'read_checkpoint', 'load_checkpoint', 'CheckpointCallback', 'plot_history', 'load_init', 'train',
+           'check_batch', 'main']
 
 # %% ../nbs/11_train.ipynb #4ebbb560
 @dataclass(frozen=True)
@@ -215,15 +216,16 @@ def make_mixup(recipe: Recipe, num_classes: int):
     if recipe.mixup <= 0 and recipe.cutmix <= 0: return None
     return Mixup(mixup_alpha=recipe.mixup, cutmix_alpha=recipe.cutmix, label_smoothing=recipe.label_smoothing, num_classes=num_classes)
 
+PRECISIONS = ('fp32', 'bf16', 'fp16')
+PIPELINES = ('stream', 'cache')    # Recipe.pipeline: decode on the fly | decode once
+
 def load_tensors(recipe: Recipe, data=None, cache=None, download=False):
     "Train/val data and class names for the recipe's dataset: decoded tensors (`pipeline='cache'`, and CIFAR) or `FolderImages` ('stream')."
     if recipe.dataset in ('cifar10', 'cifar100'): return cifar_tensors(recipe.dataset, data, download, recipe.img_size)
     path = find_data(data, download=download, name='imagenette2-160' if recipe.dataset == 'imagenet' else recipe.dataset)
-    if check_choice('pipeline', recipe.pipeline, ('stream', 'cache')) == 'stream':
+    if check_choice('pipeline', recipe.pipeline, PIPELINES) == 'stream':
         return folder_images(path, recipe.img_size, recipe.max_per_class, recipe.rrc_scale)
     return folder_tensors(path, recipe.img_size, recipe.max_per_class, cache, write=int(os.environ.get('LOCAL_RANK', 0)) == 0)
-
-PRECISIONS = ('fp32', 'bf16', 'fp16')
 
 def check_precision(precision: str, device='cpu') -> str:
     "A training precision allowed on `device`: fp16 autocast needs CUDA (its loss scaler); bf16 and fp32 run anywhere."
@@ -247,7 +249,8 @@ def make_learner(step, size, recipe: Recipe, tensors, classes, seed=0, start_epo
     mix = make_mixup(recipe, len(classes)) if augment else None
     stream = isinstance(tensors['train'], FolderImages)         # cropped in the loader: the batch part only flips
     if stream and not augment: tensors = {**tensors, 'train': FolderImages(tensors['train'].items, recipe.img_size, train=False)}
-    aug = BatchAugment(recipe.img_size, train=True, scale=(None if stream else recipe.rrc_scale) if augment else (1, 1), ratio=(3/4, 4/3) if augment else (1, 1),
+    scale = (1, 1) if not augment else None if stream else recipe.rrc_scale
+    aug = BatchAugment(recipe.img_size, train=True, scale=scale, ratio=(3/4, 4/3) if augment else (1, 1),
                        flip=augment, randaugment=recipe.randaugment if augment else None,
                        random_erasing=recipe.random_erasing if augment else 0, mixup=mix)
     dls = make_dls(tensors, recipe.img_size, bs, val_bs=bs, seed=seed, device=device, train_aug=aug)
@@ -366,6 +369,7 @@ def train(step='ViT', size='tiny', regime='cpu', data=None, epochs=None, seed=0,
     meta, start, history = None, 0, []
     if ck.exists() and resume is not False:
         _, meta, _ = read_checkpoint(ck)
+        # checkpoints written before `Recipe.pipeline` existed come from the (then only) cache pipeline
         recipe, step, size, seed = Recipe(**{'pipeline': 'cache', **meta['recipe'], 'betas': tuple(meta['recipe']['betas']),
                                              'rrc_scale': tuple(meta['recipe']['rrc_scale']),
                                              'randaugment': tuple(meta['recipe']['randaugment']) if meta['recipe']['randaugment'] else None}), \
@@ -455,7 +459,7 @@ def main(argv=None):
         if a.nproc < 1: raise ValueError(f"nproc={a.nproc} must be >= 1")
         over = {} if a.batch_size is None else dict(batch_size=a.batch_size)
         if a.precision is not None: over['precision'] = check_precision(a.precision, 'cuda' if torch.cuda.is_available() else 'cpu')
-        if a.pipeline is not None: over['pipeline'] = check_choice('pipeline', a.pipeline, ('stream', 'cache'))
+        if a.pipeline is not None: over['pipeline'] = check_choice('pipeline', a.pipeline, PIPELINES)
         recipe = step_recipe(step, a.size, a.regime, a.epochs, a.recipe, **over)
         world = max(num_distrib(), a.nproc)
         check_batch(recipe.batch_size, world)
