@@ -130,15 +130,15 @@ def render_table(table: str, regime: str, root='experiments') -> str:
     "The markdown of one table: the paper's Tiny/Base numbers beside ours (mean ± sd over seeds)."
     res = load_results(root, regime)
     lines = [f'## {TABLE_TITLES[table]} — regime `{regime}`', '',
-             '| row | paper T top-1 | paper B top-1 | paper T train loss | ours top-1 | ours train loss | seeds | min / run | status |',
-             '|---|---|---|---|---|---|---|---|---|']
+             '| row | paper T top-1 | paper B top-1 | paper T train loss | paper B train loss | ours top-1 | ours train loss | seeds | min / run | status |',
+             '|---|---|---|---|---|---|---|---|---|---|']
     revs = set()
     for s in TABLES[table]:
         sm = summarize_row(res.get(s.run_id, []))
         revs |= set(sm['revs'])
         status = sm['status'] if sm['status'] != 'failed' else f"**failed**: {sm['error']}"
         lines.append(f"| {s.row} | {_fmt(s.paper.get('tiny'))} | {_fmt(s.paper.get('base'))} | "
-                     f"{_fmt(s.paper.get('tiny_train_loss'), 3)} | {sm['top1']} | {sm['train_loss']} | "
+                     f"{_fmt(s.paper.get('tiny_train_loss'), 3)} | {_fmt(s.paper.get('base_train_loss'), 3)} | {sm['top1']} | {sm['train_loss']} | "
                      f"{','.join(map(str, sm['seeds'])) or '–'} | {sm['minutes']} | {status} |")
     lines += ['', f"Paper: ImageNet-1K top-1 (%) after 300 epochs. Ours: {REGIME_NOTES.get(regime, regime)}. "
               f"'?' = not given by the paper or lost in the extracted text. Git revision(s): {', '.join(sorted(revs)) or '–'}.", '']
