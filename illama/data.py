@@ -112,11 +112,12 @@ def write_text_atomic(path, text: str):
     return atomic_save(text, path, saver=lambda t, p: Path(p).write_text(t))
 
 def git_revision(cwd=None) -> str:
-    "The git commit of the code in `cwd` (default: this package), with `-dirty` if tracked files changed; 'unknown' outside a checkout."
+    "The git commit of the code in `cwd` (default: this package), `-dirty` if tracked files outside `experiments/` changed; 'unknown' outside a checkout."
     cwd = cwd or (Path(__file__).resolve().parent if '__file__' in globals() else Path.cwd())
     try:
         git = lambda *a: subprocess.run(['git', *a], cwd=cwd, capture_output=True, text=True, check=True, timeout=10).stdout.strip()
-        return git('rev-parse', '--short', 'HEAD') + ('-dirty' if git('status', '--porcelain', '--untracked-files=no') else '')
+        changed = git('status', '--porcelain', '--untracked-files=no', '--', ':/', ':(top,exclude)experiments')   # results are outputs
+        return git('rev-parse', '--short', 'HEAD') + ('-dirty' if changed else '')
     except Exception: return 'unknown'
 
 def decode_items(items, size: int, cache=None, key: str = '', workers: int = 2, write: bool = True, wait_s: float = 7200):
