@@ -308,16 +308,17 @@ def load_checkpoint(path, learn):
     return meta
 
 class CheckpointCallback(Callback):
-    "After every epoch (rank 0 only): history, and an atomic checkpoint in `out`."
+    "After every epoch (rank 0 only): history (with `wall_s`, the run's seconds so far), and an atomic checkpoint in `out`."
     order = 90   # after the Recorder
-    def __init__(self, out, meta: dict, history=None):
-        self.out, self.meta, self.history = Path(out), meta, list(history or [])
+    def __init__(self, out, meta: dict, history=None, t0=None):
+        self.out, self.meta, self.history, self.t0 = Path(out), meta, list(history or []), t0 or time.time()
     def after_epoch(self):
         names = [n for n in self.recorder.metric_names[1:] if n != 'time']
         row = dict(zip(names, [float(v) if v is not None else None for v in self.recorder.values[-1]]))
         e = self.learn.epoch0 + self.epoch
         rc = self.learn.cbs.filter(lambda c: isinstance(c, RecipeCallback))
-        row.update(epoch=e + 1, lr=float(self.opt.hypers[0]['lr']), model_step_share=rc[0].model_step_share if rc else None)
+        row.update(epoch=e + 1, lr=float(self.opt.hypers[0]['lr']), model_step_share=rc[0].model_step_share if rc else None,
+                   wall_s=time.time() - self.t0)
         self.history.append(row)
         if rank_distrib() == 0:
             save_checkpoint(self.out / CKPT, self.learn, {**self.meta, 'epoch': e + 1, 'history': self.history,
@@ -375,6 +376,7 @@ def train(step='ViT', size='tiny', regime='cpu', data=None, epochs=None, seed=0,
                                              'randaugment': tuple(meta['recipe']['randaugment']) if meta['recipe']['randaugment'] else None}), \
                                       meta['step'], meta['size'], meta['seed']
         start, history = meta['epoch'], meta['history']
+        t0 -= history[-1].get('wall_s', 0.0) if history else 0.0   # a resumed run's wall time counts the epochs before the stop
     elif resume: raise ValueError(f"resume=True but {str(ck)!r} does not exist")
     recipe = recipe or step_recipe(step, size, regime, epochs)
     check_batch(recipe.batch_size, nproc)
@@ -388,7 +390,7 @@ def train(step='ViT', size='tiny', regime='cpu', data=None, epochs=None, seed=0,
     run_meta = dict(step=get_step(step).name, size=size, regime=regime, seed=seed, recipe=recipe.to_dict(),
                     model=learn.model.cfg.to_dict(), nproc=nproc, classes=classes, git=git_revision())
     end = min(stop_after or recipe.epochs, recipe.epochs)
-    cbs = [ParamScheduler(lr_scheds(recipe, start, end)), CheckpointCallback(out, run_meta, history)]
+    cbs = [ParamScheduler(lr_scheds(recipe, start, end)), CheckpointCallback(out, run_meta, history, t0)]
     if quiet: learn.remove_cbs([c for c in learn.cbs if type(c).__name__ == 'ProgressCallback'])
     n = end - start
     if n > 0:

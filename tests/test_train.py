@@ -60,6 +60,8 @@ def test_resume_continues_identically(ds, tmp_path):
     _, meta, _ = read_checkpoint(tmp_path / 'cut' / CKPT); assert meta['epoch'] == 2
     res = train('+ soft mask', out=tmp_path / 'cut', **kw)
     assert res.result['resumed_from_epoch'] == 2
+    before = meta['history'][-1]['wall_s']   # the two epochs trained before the stop count in the run's wall time
+    assert res.result['wall_time_s'] > before > 0 and res.result['history'][-1]['wall_s'] > before
     for k, v in full.model.state_dict().items(): torch.testing.assert_close(v, res.model.state_dict()[k], rtol=0, atol=1e-6)
     for a, b in zip(full.result['history'], res.result['history']):
         assert a['lr'] == pytest.approx(b['lr']) and a['alpha'] == b['alpha'] and a['top1'] == b['top1']
