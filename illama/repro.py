@@ -12,9 +12,10 @@ from .soft_mask import TUNED_MIXUP_CUTMIX
 from .data import write_text_atomic, git_revision
 
 # %% auto #0
-__all__ = ['TABLES', 'TABLE_TITLES', 'REGIME_NOTES', 'CHAPTERS', 'REGIMES', 'RowSpec', 'get_rows', 'write_json_atomic',
-           'result_path', 'run_notebook_path', 'checkpoint_dir', 'load_results', 'summarize_row', 'render_table',
-           'write_tables', 'plot_soft_mask_curves', 'nbs_dir', 'run_row', 'row_recipe', 'train_row', 'main']
+__all__ = ['TABLES', 'TABLE_TITLES', 'PAPER_COLUMNS', 'REGIME_NOTES', 'CHAPTERS', 'REGIMES', 'RowSpec', 'get_rows',
+           'write_json_atomic', 'result_path', 'run_notebook_path', 'checkpoint_dir', 'load_results', 'summarize_row',
+           'render_table', 'write_tables', 'plot_soft_mask_curves', 'nbs_dir', 'run_row', 'row_recipe', 'train_row',
+           'main']
 
 # %% ../nbs/15_repro.ipynb #394f99b1
 @dataclass(frozen=True)
@@ -126,19 +127,21 @@ def summarize_row(runs: list[dict]) -> dict:
                 error=(failed[0].get('error', '').strip().splitlines() or [''])[-1][:120] if failed else '',
                 revs=sorted({r.get('git_rev', 'unknown') for r in runs}))
 
+PAPER_COLUMNS = (('tiny', 'paper T top-1', 1), ('base', 'paper B top-1', 1),   # RowSpec.paper key, header, decimals
+                 ('tiny_train_loss', 'paper T train loss', 3), ('base_train_loss', 'paper B train loss', 3))
+
 def render_table(table: str, regime: str, root='experiments') -> str:
     "The markdown of one table: the paper's Tiny/Base numbers beside ours (mean ± sd over seeds)."
     res = load_results(root, regime)
-    lines = [f'## {TABLE_TITLES[table]} — regime `{regime}`', '',
-             '| row | paper T top-1 | paper B top-1 | paper T train loss | paper B train loss | ours top-1 | ours train loss | seeds | min / run | status |',
-             '|---|---|---|---|---|---|---|---|---|---|']
+    cols = ['row', *(name for _, name, _ in PAPER_COLUMNS), 'ours top-1', 'ours train loss', 'seeds', 'min / run', 'status']
+    lines = [f'## {TABLE_TITLES[table]} — regime `{regime}`', '', '| ' + ' | '.join(cols) + ' |', '|---' * len(cols) + '|']
     revs = set()
     for s in TABLES[table]:
         sm = summarize_row(res.get(s.run_id, []))
         revs |= set(sm['revs'])
         status = sm['status'] if sm['status'] != 'failed' else f"**failed**: {sm['error']}"
-        lines.append(f"| {s.row} | {_fmt(s.paper.get('tiny'))} | {_fmt(s.paper.get('base'))} | "
-                     f"{_fmt(s.paper.get('tiny_train_loss'), 3)} | {_fmt(s.paper.get('base_train_loss'), 3)} | {sm['top1']} | {sm['train_loss']} | "
+        paper = ' | '.join(_fmt(s.paper.get(k), nd) for k, _, nd in PAPER_COLUMNS)
+        lines.append(f"| {s.row} | {paper} | {sm['top1']} | {sm['train_loss']} | "
                      f"{','.join(map(str, sm['seeds'])) or '–'} | {sm['minutes']} | {status} |")
     lines += ['', f"Paper: ImageNet-1K top-1 (%) after 300 epochs. Ours: {REGIME_NOTES.get(regime, regime)}. "
               f"'?' = not given by the paper or lost in the extracted text. Git revision(s): {', '.join(sorted(revs)) or '–'}.", '']
@@ -248,9 +251,7 @@ def _train_spec(spec_file):
     "Worker entry (one per DDP process under torchrun): train what `spec_file` describes."
     from illama import train as T
     a = json.loads(Path(spec_file).read_text())
-    rd = a['recipe']
-    recipe = T.Recipe(**{**rd, 'betas': tuple(rd['betas']), 'rrc_scale': tuple(rd['rrc_scale']),
-                         'randaugment': tuple(rd['randaugment']) if rd['randaugment'] else None})
+    recipe = T.Recipe.from_dict(a['recipe'])
     return T.train(a['step'], a['size'], a['regime'], a['data'], recipe.epochs, a['seed'], a['out'], recipe=recipe, quiet=True).result
 
 def train_row(table: str, row: str, regime: str, seed: int = 0, data=None, epochs=None, nproc: int = 1, out=None,

@@ -70,6 +70,11 @@ class Recipe:
     def lr(self): return self.base_lr * self.batch_size / self.lr_batch
     def schedule(self) -> SoftMaskSchedule: return SoftMaskSchedule(self.soft_mask, self.cutoff_epochs)
     def to_dict(self): return json.loads(json.dumps(asdict(self)))
+    @classmethod
+    def from_dict(cls, d: dict):
+        "The inverse of `to_dict` (JSON turned the tuples into lists)."
+        return cls(**{**d, 'betas': tuple(d['betas']), 'rrc_scale': tuple(d['rrc_scale']),
+                      'randaugment': tuple(d['randaugment']) if d['randaugment'] else None})
 
 # %% ../nbs/11_train.ipynb #4434e128
 _T13 = dict(zip(('tiny', 'small', 'base'), zip((0.0, 0.1, 0.4), (0.1, 0.5, 0.95), (0.1, 0.5, 1.0))))
@@ -371,10 +376,7 @@ def train(step='ViT', size='tiny', regime='cpu', data=None, epochs=None, seed=0,
     if ck.exists() and resume is not False:
         _, meta, _ = read_checkpoint(ck)
         # checkpoints written before `Recipe.pipeline` existed come from the (then only) cache pipeline
-        recipe, step, size, seed = Recipe(**{'pipeline': 'cache', **meta['recipe'], 'betas': tuple(meta['recipe']['betas']),
-                                             'rrc_scale': tuple(meta['recipe']['rrc_scale']),
-                                             'randaugment': tuple(meta['recipe']['randaugment']) if meta['recipe']['randaugment'] else None}), \
-                                      meta['step'], meta['size'], meta['seed']
+        recipe, step, size, seed = Recipe.from_dict({'pipeline': 'cache', **meta['recipe']}), meta['step'], meta['size'], meta['seed']
         start, history = meta['epoch'], meta['history']
         t0 -= history[-1].get('wall_s', 0.0) if history else 0.0   # a resumed run's wall time counts the epochs before the stop
     elif resume: raise ValueError(f"resume=True but {str(ck)!r} does not exist")
