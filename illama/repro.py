@@ -125,7 +125,11 @@ def summarize_row(runs: list[dict]) -> dict:
                 top1=_mean_sd([r.get('top1') for r in ok], 1), train_loss=_mean_sd([r.get('train_loss') for r in ok], 3),
                 minutes=_mean_sd([(r.get('wall_time_s') or 0) / 60 for r in ok], 1),
                 error=(failed[0].get('error', '').strip().splitlines() or [''])[-1][:120] if failed else '',
-                revs=sorted({r.get('git_rev', 'unknown') for r in runs}))
+                revs=sorted({_short_rev(r.get('git_rev', 'unknown')) for r in runs}))
+
+def _short_rev(rev: str) -> str:
+    "Seven hex digits of a commit hash (older results recorded all 40), keeping a `-dirty` suffix."
+    return re.sub(r'^([0-9a-f]{7})[0-9a-f]{33}', r'\1', rev)
 
 PAPER_COLUMNS = (('tiny', 'paper T top-1', 1), ('base', 'paper B top-1', 1),   # RowSpec.paper key, header, decimals
                  ('tiny_train_loss', 'paper T train loss', 3), ('base_train_loss', 'paper B train loss', 3))
