@@ -134,6 +134,18 @@ def _short_rev(rev: str) -> str:
 PAPER_COLUMNS = (('tiny', 'paper T top-1', 1), ('base', 'paper B top-1', 1),   # RowSpec.paper key, header, decimals
                  ('tiny_train_loss', 'paper T train loss', 3), ('base_train_loss', 'paper B train loss', 3))
 
+def _regime_note(table, regime):
+    "What a short regime changes in a table's rows, so the rows read right beside the paper's."
+    from illama.train import REGIMES as R
+    r = R.get(regime, {})
+    if table == 'table3' and 'epochs' in r:
+        return (f" Cutoffs and the 50-epoch lr warm-up are scaled to the same fraction of this regime's {r['epochs']} "
+                f"epochs (e.g. linear 50 -> {50 / 300 * r['epochs']:.2f} epochs).")
+    if table == 'table5' and r.get('mix_scale', 1.0) != 1.0:
+        return (f" Rows name the paper's rates; this regime trains with them times mix_scale={r['mix_scale']} "
+                f"(e.g. 0.8 / 1.0 -> {0.8 * r['mix_scale']:g} / {1.0 * r['mix_scale']:g}).")
+    return ''
+
 def render_table(table: str, regime: str, root='experiments') -> str:
     "The markdown of one table: the paper's Tiny/Base numbers beside ours (mean ± sd over seeds)."
     res = load_results(root, regime)
@@ -148,7 +160,8 @@ def render_table(table: str, regime: str, root='experiments') -> str:
         lines.append(f"| {s.row} | {paper} | {sm['top1']} | {sm['train_loss']} | "
                      f"{','.join(map(str, sm['seeds'])) or '–'} | {sm['minutes']} | {status} |")
     lines += ['', f"Paper: ImageNet-1K top-1 (%) after 300 epochs. Ours: {REGIME_NOTES.get(regime, regime)}. "
-              f"'?' = not given by the paper or lost in the extracted text. Git revision(s): {', '.join(sorted(revs)) or '–'}.", '']
+              f"'?' = not given by the paper or lost in the extracted text.{_regime_note(table, regime)} "
+              f"Git revision(s): {', '.join(sorted(revs)) or '–'}.", '']
     return '\n'.join(lines)
 
 REGIME_NOTES = {'cpu': 'Imagenette-160 val top-1 (%), iLLaMA-T width at 64 tokens, CPU budget (see 11_train)',
