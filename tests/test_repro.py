@@ -52,7 +52,9 @@ def test_tables_rebuild_from_results_without_training(tmp_path, capsys):
     assert time.time() - t0 < 10
     md = (tmp_path / 'tables' / 'cpu' / 'table17.md').read_text()
     assert '| + LPE | 73.2 | 81.2 | 3.531 | 2.839 | 62.0 ± 1.4 | 1.200 ± 0.000 | 0,1 | 15.0 ± 0.0 | ok |' in md
-    assert {p.name for p in (tmp_path / 'tables' / 'cpu').glob('*.md')} == {f'{t}.md' for t in TABLES}
+    assert {p.name for p in (tmp_path / 'tables' / 'cpu').glob('*.md')} == {f'{t}.md' for t in TABLES} | {'claims.md'}
+    claims = (tmp_path / 'tables' / 'cpu' / 'claims.md').read_text()   # one row with two seeds: sigma = sd(61, 63)
+    assert 'σ = 1.41 points' in claims and '| RoPE + LPE beats RoPE alone | `+ LPE` − `+ LLaMA P.E. (RoPE)` | +0.6 | ? | – | 2 / 0 | not run |' in claims
 
 @pytest.mark.parametrize('args, msg', [
     (['table4'], "table='table4' is not allowed"),
