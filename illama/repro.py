@@ -214,7 +214,7 @@ class Claim:
     @property
     def paper(self) -> float | None:
         "The paper's difference a − b in its Tiny column (points), None where it gives none."
-        pa = get_rows(*self.a[:1], [self.a[1]])[0].paper.get('tiny')
+        pa = get_rows(self.a[0], [self.a[1]])[0].paper.get('tiny')
         pb = PAPER_CHANCE if self.b is None else get_rows(self.b[0], [self.b[1]])[0].paper.get('tiny')
         return None if pa is None or pb is None else round(pa - pb, 2)
 
