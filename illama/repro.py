@@ -185,17 +185,22 @@ def plot_soft_mask_curves(regime: str, root='experiments', seed: int = 0):
     "Draw Fig. 3(b) from the result files; returns the PNG path, or None when the runs are not there."
     import matplotlib; import matplotlib.pyplot as plt
     res = load_results(root, regime)
-    def hist(table, row):
+    def run(table, row):
         for r in res.get(get_rows(table, [row])[0].run_id, []):
-            if r.get('status') == 'ok' and r.get('seed') == seed and r.get('history'): return r['history']
-    pairs = [('no soft mask', hist('table3', 'no soft mask')), ('soft mask', hist('table17', '+ soft mask'))]
-    if not all(h for _, h in pairs): return None
+            if r.get('status') == 'ok' and r.get('seed') == seed and r.get('history'): return r
+    pairs = [('no soft mask', run('table3', 'no soft mask')), ('soft mask', run('table17', '+ soft mask'))]
+    if not all(r for _, r in pairs): return None
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.3))
-    for name, h in pairs:
-        ep = [e['epoch'] for e in h]
-        ax[0].plot(ep, [e.get('top1') for e in h], label=name); ax[1].plot(ep, [e.get('train_loss') for e in h], label=name)
+    for name, r in pairs:
+        ep = [e['epoch'] for e in r['history']]
+        ax[0].plot(ep, [e.get('top1') for e in r['history']], label=name)
+        ax[1].plot(ep, [e.get('train_loss') for e in r['history']], label=name)
+    rec = ((pairs[1][1].get('config') or {}).get('recipe') or {})
+    cutoff = rec.get('cutoff_epochs')
     ax[0].set_title('validation top-1 (%)'); ax[1].set_title('training loss')
-    for a in ax: a.set_xlabel('epoch'); a.legend(); a.grid(alpha=.3)
+    for a in ax:
+        if cutoff: a.axvline(cutoff, ls='--', c='gray', lw=1, label=f"soft mask ends ({rec.get('soft_mask')}, epoch {cutoff:.2f})")
+        a.set_xlabel('epoch'); a.legend(fontsize=8); a.grid(alpha=.3)
     plt.tight_layout()
     path = Path(root) / 'tables' / regime / 'fig3b_soft_mask.png'; path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90); plt.close(fig)
