@@ -261,12 +261,13 @@ def seed_sd(res: dict) -> tuple[float | None, int]:
     df = sum(len(xs) - 1 for xs in groups)
     return math.sqrt(sum((len(xs) - 1) * statistics.variance(xs) for xs in groups) / df), len(groups)
 
-def check_claim(c: Claim, res: dict, sigma: float | None, chance: float) -> dict:
+def check_claim(c: Claim, res: dict, sigma: float | None, chance: float | None) -> dict:
     "Our difference for claim `c`, its 2σ band and the verdict (see above)."
     a = _top1s(res, *c.a)
     b = None if c.b is None else _top1s(res, *c.b)
     out = dict(claim=c.claim, paper=c.paper, n_a=len(a), n_b=None if b is None else len(b), delta=None, band=None)
     if not a or (b is not None and not b): return dict(out, verdict='not run')
+    if b is None and chance is None: return dict(out, verdict='chance unknown: no run records its number of classes')
     ref = chance if b is None else statistics.mean(b)
     out['delta'] = delta = statistics.mean(a) - ref
     if sigma is None: return dict(out, verdict='no seed spread yet (no row has two seeds)')
@@ -294,13 +295,13 @@ def render_claims(regime: str, root='experiments', claims=None) -> str:
     cols = ['claim', 'rows: a − b', 'paper T Δ', 'ours Δ', '2σ band', 'seeds a / b', 'verdict']
     lines = [f"## The paper's claims at this scale — regime `{regime}`", '', '| ' + ' | '.join(cols) + ' |', '|---' * len(cols) + '|']
     for c in claims or CLAIMS:
-        v = check_claim(c, res, sigma, chance if chance is not None else 10.0)
+        v = check_claim(c, res, sigma, chance)
         rows = f"`{c.a[1]}` − {f'`{c.b[1]}`' if c.b else 'chance'}"
         band = '–' if v['band'] is None else f"±{v['band']:.1f}"
         n_b = '–' if v['n_b'] is None else v['n_b']
         lines.append(f"| {c.claim} | {rows} | {_signed(c.paper)} | {_signed(v['delta'])} | {band} | {v['n_a']} / {n_b} | {v['verdict']} |")
     sd = '–' if sigma is None else f'{sigma:.2f}'
-    lines += ['', f"σ = {sd} points: the pooled seed sd of top-1 over the {n_rows} runs of this regime with two or more seeds. "
+    lines += ['', f"σ = {sd} points: the pooled seed sd of top-1 over the {n_rows} rows (run ids) of this regime with two or more seeds. "
               f"Δ is inside the seed spread when |Δ| ≤ 2σ·√(1/nₐ + 1/n_b); chance is "
               f"{'?' if chance is None else f'{chance:g}'} % here, {PAPER_CHANCE} % for the paper (ImageNet-1K). "
               f"Ours: {REGIME_NOTES.get(regime, regime)}; the paper's differences come from its Tiny column.", '']
