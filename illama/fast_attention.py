@@ -223,6 +223,9 @@ def causal_needed_macs(n: int, d: int, post_softmax: bool = True) -> int:
 
 def counted_macs(fn, *args) -> int:
     "Half the FLOPs `FlopCounterMode` counts while running `fn(*args)`: its MACs."
-    from torch.utils.flop_counter import FlopCounterMode
-    with FlopCounterMode(display=False) as fc, torch.no_grad(): fn(*args)
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+    # torch (2.14) has no formula for its CPU flash kernel, which then counts 0: give it the CUDA SDPA kernels' formula
+    cpu_flash = getattr(torch.ops.aten, '_scaled_dot_product_flash_attention_for_cpu', None)
+    extra = {cpu_flash: lambda q, k, v, *a, out_shape=None, **kw: sdpa_flop_count(q, k, v)} if cpu_flash else {}
+    with FlopCounterMode(display=False, custom_mapping=extra) as fc, torch.no_grad(): fn(*args)
     return fc.get_total_flops() // 2
