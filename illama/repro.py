@@ -248,14 +248,13 @@ CLAIMS = [
           ('beyond', '+ soft mask, additive mask'), ('table17', '+ soft mask')),
 ]
 
-def _top1s(res, table, row):
-    spec = get_rows(table, [row])[0]
-    return [r['top1'] for r in res.get(spec.run_id, []) if r.get('status') == 'ok' and r.get('top1') is not None]
+def _ok_top1s(runs): return [r['top1'] for r in runs if r.get('status') == 'ok' and r.get('top1') is not None]
+
+def _top1s(res, table, row): return _ok_top1s(res.get(get_rows(table, [row])[0].run_id, []))
 
 def seed_sd(res: dict) -> tuple[float | None, int]:
     "Pooled seed sd of top-1 over the run ids with >= 2 finished seeds (df-weighted variances), and how many there are."
-    groups = [xs for xs in ([r['top1'] for r in runs if r.get('status') == 'ok' and r.get('top1') is not None]
-                            for runs in res.values()) if len(xs) >= 2]
+    groups = [xs for xs in map(_ok_top1s, res.values()) if len(xs) >= 2]
     if not groups: return None, 0
     df = sum(len(xs) - 1 for xs in groups)
     return math.sqrt(sum((len(xs) - 1) * statistics.variance(xs) for xs in groups) / df), len(groups)
