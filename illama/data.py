@@ -132,8 +132,10 @@ def decode_items(items, size: int, cache=None, key: str = '', workers: int = 2, 
         return d['x'], d['y']
     args = [(f, size) for f, _ in items]
     if workers > 1 and len(items) > 64:
-        import multiprocessing as mp
-        with mp.get_context('fork').Pool(workers) as pool: xs = pool.map(_load, args, chunksize=64)
+        # threads, not forked processes: PIL and torch release the GIL, and a fork after torch's OpenMP pool has
+        # started (a notebook kernel, a trainer) can deadlock the children
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(workers) as pool: xs = list(pool.map(_load, args))
     else: xs = [_load(a) for a in args]
     x, y = torch.stack(xs), torch.tensor([l for _, l in items], dtype=torch.long)
     if write: atomic_save({'x': x, 'y': y}, fn)

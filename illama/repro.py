@@ -45,6 +45,8 @@ def _t17(name, row=None):
 def _sm(schedule, cutoff):   # Table 3: lr warm-up fixed at 50 of 300 epochs
     return dict(soft_mask=dict(schedule=schedule, cutoff_frac=cutoff / 300, warmup_frac=50 / 300))
 
+_T197 = dict(img_size=112, patch_size=8)   # 14 x 14 = 196 patches + the class token: the paper's 197 tokens
+
 DEIT_MIXUP_CUTMIX = (0.8, 1.0)   # the rates of the basic recipe (Table 12), which every step before '+ data aug.' trains with
 
 def _t5(m, c, tiny):
@@ -71,10 +73,17 @@ TABLES: dict[str, list[RowSpec]] = {
                        paper=dict(tiny=0.1, base=0.1, tiny_train_loss='failed', base_train_loss='failed')),   # Eq. 1 as printed
                RowSpec('beyond', '+ soft mask, additive mask', '+ soft mask', arch=dict(mask_kind='additive'),
                        paper=dict(tiny=None, base=None))],
+    'tokens197': [RowSpec('tokens197', f'{row}, 197 tokens', step, arch=arch, train=dict(recipe=_T197), paper=paper)
+                  for row, step, arch, paper in (
+                      ('causal (cls first)', '+ LLaMA S.A. (causal)', {}, dict(tiny=0.1, base=0.1)),
+                      ('causal (cls first), additive mask', '+ LLaMA S.A. (causal)', dict(mask_kind='additive'),
+                       dict(tiny=0.1, base=0.1)),
+                      ('causal + PS [cls]', '+ PS [cls]', {}, dict(tiny=71.9, base=80.6)))],
 }
 TABLE_TITLES = {'table17': 'Table 17: the roadmap', 'table1': 'Table 1: mask schemes',
                 'table3': 'Table 3: soft mask schedule', 'table5': 'Table 5: mixup / cutmix (tiny)',
-                'beyond': "Beyond the paper's code: the additive causal mask of Eq. 1 (LLaMA's) in place of Algorithm 1's post-softmax one"}
+                'beyond': "Beyond the paper's code: the additive causal mask of Eq. 1 (LLaMA's) in place of Algorithm 1's post-softmax one",
+                'tokens197': "The attention collapse at the paper's 197 tokens (112² crops, patch 8), beside our 64 tokens"}
 
 def get_rows(table: str, rows=None) -> list[RowSpec]:
     "The rows of `table` (all, or those named in `rows`, by name or slug); unknown names are a `ValueError`."
@@ -102,7 +111,6 @@ def run_notebook_path(root, regime, spec: RowSpec, seed: int) -> Path:
 
 def checkpoint_dir(root, regime, spec: RowSpec, seed: int) -> Path:
     return Path(root) / 'checkpoints' / regime / f'{spec.run_id}__seed{seed}'
-
 
 # %% ../nbs/15_repro.ipynb #8e797a08
 def load_results(root, regime: str) -> dict[str, list[dict]]:
@@ -368,6 +376,7 @@ def row_recipe(spec: RowSpec, regime: str, size: str = 'tiny', epochs=None):
         sm = t['soft_mask']
         kw.update(soft_mask=sm['schedule'], cutoff_epochs=sm['cutoff_frac'] * r.epochs)
         if 'warmup_frac' in sm: kw['warmup_epochs'] = sm['warmup_frac'] * r.epochs
+    kw.update(t.get('recipe', {}))                               # e.g. the 197-token rows' image and patch size
     if spec.arch: kw['model'] = {**r.model, **spec.arch}
     return r.replace(**kw)
 
