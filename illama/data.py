@@ -4,18 +4,20 @@
 
 # %% ../nbs/10_data.ipynb #009018c5
 from __future__ import annotations
-import hashlib, math, os, subprocess, tempfile, time
+import hashlib, math, os, subprocess, tempfile, time, warnings
 from pathlib import Path
 import torch, torch.nn.functional as F
 from fastcore.basics import chunked
-from fastai.data.load import DataLoader
-from fastai.data.core import DataLoaders
+with warnings.catch_warnings():   # fastai warns about its own use of torch.jit.script at import: not our users' concern
+    warnings.simplefilter('ignore')
+    from fastai.data.load import DataLoader
+    from fastai.data.core import DataLoaders
 
 # %% auto #0
 __all__ = ['IMG_EXTS', 'SPLITS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'find_data', 'scan_folder', 'fake_imagenet', 'load_image',
-           'cache_dir', 'atomic_save', 'write_text_atomic', 'git_revision', 'decode_items', 'rrc_flip_theta',
-           'BatchAugment', 'TensorDL', 'folder_tensors', 'cifar_tensors', 'make_dls', 'FolderImages', 'StreamDL',
-           'folder_images']
+           'cache_dir', 'atomic_save', 'write_text_atomic', 'git_revision', 'cache_file', 'decode_items',
+           'rrc_flip_theta', 'BatchAugment', 'TensorDL', 'folder_tensors', 'cifar_tensors', 'make_dls', 'FolderImages',
+           'StreamDL', 'folder_images']
 
 # %% ../nbs/10_data.ipynb #e4e64a67
 IMG_EXTS = ('.jpeg', '.jpg', '.png', '.bmp', '.webp')
@@ -26,37 +28,49 @@ def find_data(data=None, download: bool = False, name: str = 'imagenette2-160') 
     for cand, src in ((data, 'data'), (os.environ.get('ILLAMA_DATA'), 'ILLAMA_DATA')):
         if cand:
             p = Path(cand).expanduser()
-            if not p.is_dir(): raise ValueError(f"{src}={str(cand)!r} is not a folder; expected an ImageNet-style folder with train/ and val/")
+            if not p.is_dir():
+                raise ValueError(f"{src}={str(cand)!r} is not a folder; expected an ImageNet-style folder with "
+                                 f"train/ and val/")
             return p
     from fastai.data.external import fastai_cfg
     p = Path(fastai_cfg().path('data')) / name
     if p.is_dir(): return p
     if not download:
-        raise ValueError(f"no dataset found: pass data=... (--data), set ILLAMA_DATA, put {name} in {p.parent}, or allow download")
+        raise ValueError(f"no dataset found: pass data=... (--data), set ILLAMA_DATA, put {name} in {p.parent}, "
+                         f"or allow download (--download)")
     from fastai.data.external import untar_data, URLs
     return untar_data(URLs.IMAGENETTE_160)
 
 # %% ../nbs/10_data.ipynb #49cd7592
 def _images(d: Path): return sorted(f for f in d.iterdir() if f.suffix.lower() in IMG_EXTS and f.is_file())
 
+def _split_classes(path: Path, split: str, splits) -> list[str]:
+    "The class folders of one split, or a `ValueError` that says what is missing."
+    d = path / split
+    if not d.is_dir():
+        raise ValueError(f"data={str(path)!r} has no {split}/ folder; expected {'/ and '.join(splits)}/ with one "
+                         f"folder per class")
+    cls = sorted(c.name for c in d.iterdir() if c.is_dir())
+    if not cls: raise ValueError(f"{str(d)!r} has no class folders; expected {split}/<class>/<image>")
+    return cls
+
 def scan_folder(path, max_per_class: int | None = None, splits=SPLITS):
-    "Check an ImageNet-style folder (`train/` and `val/`, one sub-folder of images per class); return classes and items."
+    "Check an ImageNet-style folder (`train/`, `val/`, one sub-folder of images per class); return classes and items."
     path = Path(path)
-    if not path.is_dir(): raise ValueError(f"data={str(path)!r} is not a folder; expected train/ and val/ with one folder per class")
+    if not path.is_dir():
+        raise ValueError(f"data={str(path)!r} is not a folder; expected train/ and val/ with one folder per class")
     classes, items = None, {}
     for split in splits:
-        d = path / split
-        if not d.is_dir(): raise ValueError(f"data={str(path)!r} has no {split}/ folder; expected {'/ and '.join(splits)}/ with one folder per class")
-        cls = sorted(c.name for c in d.iterdir() if c.is_dir())
-        if not cls: raise ValueError(f"{str(d)!r} has no class folders; expected {split}/<class>/<image>")
+        cls = _split_classes(path, split, splits)
         if classes is None: classes = cls
-        elif cls != classes: raise ValueError(f"{str(d)!r} has classes {cls[:5]}...; expected the same classes as train/ ({classes[:5]}...)")
-        its = []
+        elif cls != classes:
+            raise ValueError(f"{str(path / split)!r} has classes {cls[:5]}...; expected the same classes as "
+                             f"{splits[0]}/ ({classes[:5]}...)")
+        items[split] = []
         for i, c in enumerate(classes):
-            fs = _images(d / c)
-            if not fs: raise ValueError(f"{str(d / c)!r} has no images; expected files ending in {IMG_EXTS}")
-            its += [(f, i) for f in fs[:max_per_class]]
-        items[split] = its
+            fs = _images(path / split / c)
+            if not fs: raise ValueError(f"{str(path / split / c)!r} has no images; expected files ending in {IMG_EXTS}")
+            items[split] += [(f, i) for f in fs[:max_per_class]]
     return classes, items
 
 # %% ../nbs/10_data.ipynb #e5259d67
@@ -67,41 +81,61 @@ def fake_imagenet(path, n_classes=3, n_train=4, n_val=2, size=40, seed=0):
     rng, path = np.random.default_rng(seed), Path(path)
     for split, n in (('train', n_train), ('val', n_val)):
         for c in range(n_classes):
-            d = path / split / f'n{c:08d}'; d.mkdir(parents=True, exist_ok=True)
+            d = path / split / f'n{c:08d}'
+            d.mkdir(parents=True, exist_ok=True)
             for i in range(n):
-                base = np.zeros((size, size + 8, 3)); base[..., c % 3] = 200
+                base = np.zeros((size, size + 8, 3))
+                base[..., c % 3] = 200
                 a = (base + rng.normal(0, 30, base.shape)).clip(0, 255).astype(np.uint8)
                 Image.fromarray(a).save(d / f'img{i}.png')
     return path
 
 # %% ../nbs/10_data.ipynb #086d0ebc
-def load_image(fn, size: int):
-    "Decode `fn`, resize its short side to `size`, centre-crop to `size`²; a (3, size, size) uint8 tensor."
+def _decode(fn, size: int):
     from PIL import Image
     import numpy as np
     with Image.open(fn) as im:
         im.draft('RGB', (size, size))
         im = im.convert('RGB')
-        w, h = im.size; s = size / min(w, h)
+        w, h = im.size
+        s = size / min(w, h)
         nw, nh = max(size, round(w * s)), max(size, round(h * s))
         im = im.resize((nw, nh), Image.BILINEAR, reducing_gap=None)
         l, t = (nw - size) // 2, (nh - size) // 2
-        a = np.asarray(im.crop((l, t, l + size, t + size)), dtype=np.uint8)
+        return np.asarray(im.crop((l, t, l + size, t + size)), dtype=np.uint8)
+
+def load_image(fn, size: int):
+    "Decode `fn`, resize its short side to `size`, centre-crop to `size`²; a (3, size, size) uint8 tensor."
+    try: a = _decode(fn, size)
+    except (OSError, ValueError, SyntaxError) as e:   # PIL's errors for truncated and unreadable files
+        raise ValueError(f"image {str(fn)!r} cannot be decoded ({e}); replace or remove it") from e
     return torch.from_numpy(a.copy()).permute(2, 0, 1).contiguous()
 
 def _load(a): return load_image(*a)
 
+# %% ../nbs/10_data.ipynb #9283df66
 def cache_dir(cache=None) -> Path:
-    "Where decoded tensors are kept: `cache`, else `$ILLAMA_CACHE`, else `~/.cache/illama`."
-    return Path(cache or os.environ.get('ILLAMA_CACHE') or Path.home() / '.cache' / 'illama').expanduser()
+    "Where decoded tensors are kept: `cache`, else `$ILLAMA_CACHE`, else `~/.cache/illama`; a file there is an error."
+    src = 'cache' if cache else 'ILLAMA_CACHE' if os.environ.get('ILLAMA_CACHE') else None
+    p = Path(cache or os.environ.get('ILLAMA_CACHE') or Path.home() / '.cache' / 'illama').expanduser()
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"{src or 'cache'}={str(p)!r} is a file; expected a folder for the decoded-image cache")
+    return p
+
+def _umask() -> int:
+    um = os.umask(0)
+    os.umask(um)
+    return um
 
 def atomic_save(obj, path, saver=torch.save):
     "Write `obj` with `saver(obj, tmp)` into a temporary file beside `path`, then `os.replace` it: never half-written."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix='.' + path.name, suffix='.tmp'); os.close(fd)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix='.' + path.name, suffix='.tmp')
+    os.close(fd)
     try:
         saver(obj, tmp)
-        um = os.umask(0); os.umask(um); os.chmod(tmp, 0o666 & ~um)   # mkstemp makes it private; use the usual mode
+        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes it private; give it the usual mode
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp): os.remove(tmp)
@@ -112,32 +146,39 @@ def write_text_atomic(path, text: str):
     return atomic_save(text, path, saver=lambda t, p: Path(p).write_text(t))
 
 def git_revision(cwd=None) -> str:
-    "The git commit of the code in `cwd` (default: this package), `-dirty` if tracked files outside `experiments/` changed; 'unknown' outside a checkout."
+    "The commit of the code in `cwd` (default: this package); `-dirty` if tracked files outside `experiments/` changed."
     cwd = cwd or (Path(__file__).resolve().parent if '__file__' in globals() else Path.cwd())
+    def git(*a):
+        r = subprocess.run(['git', *a], cwd=cwd, capture_output=True, text=True, check=True, timeout=10)
+        return r.stdout.strip()
     try:
-        git = lambda *a: subprocess.run(['git', *a], cwd=cwd, capture_output=True, text=True, check=True, timeout=10).stdout.strip()
-        changed = git('status', '--porcelain', '--untracked-files=no', '--', ':/', ':(top,exclude)experiments')   # results are outputs
+        changed = git('status', '--porcelain', '--untracked-files=no', '--', ':/', ':(top,exclude)experiments')
         return git('rev-parse', '--short', 'HEAD') + ('-dirty' if changed else '')
-    except Exception: return 'unknown'
+    except Exception: return 'unknown'   # not a git checkout (an installed package), or no git
 
-def decode_items(items, size: int, cache=None, key: str = '', workers: int = 2, write: bool = True, wait_s: float = 7200):
+def cache_file(items, size: int, cache=None, key: str = '') -> Path:
+    "The cache file of `items` at `size`: named by a hash of every image's path, label, byte size and mtime."
+    stats = [(str(f), l, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f, l in items]
+    h = hashlib.sha1(repr((key, size, stats)).encode()).hexdigest()[:16]
+    return cache_dir(cache) / f'{size}px-{len(items)}-{h}.pt'
+
+def _decode_all(items, size: int, workers: int):
+    args = [(f, size) for f, _ in items]
+    if workers <= 1 or len(items) <= 64: return [_load(a) for a in args]
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(workers) as pool: return list(pool.map(_load, args))
+
+def decode_items(items, size: int, cache=None, key: str = '', workers: int = 2, write: bool = True,
+                 wait_s: float = 7200):
     "uint8 images (N, 3, size, size) and int64 labels of `items`, decoded once and cached (by the `write`r only)."
-    h = hashlib.sha1(repr((key, size, [(str(f), l) for f, l in items])).encode()).hexdigest()[:16]
-    fn = cache_dir(cache) / f'{size}px-{len(items)}-{h}.pt'
+    fn = cache_file(items, size, cache, key)
     if not write:   # another process (distributed rank 0) decodes and writes the cache: wait for it
         t = time.time()
         while not fn.exists() and time.time() - t < wait_s: time.sleep(1)
     if fn.exists():
         d = torch.load(fn, mmap=True)   # memory-mapped: a large cache is paged in, not copied
         return d['x'], d['y']
-    args = [(f, size) for f, _ in items]
-    if workers > 1 and len(items) > 64:
-        # threads, not forked processes: PIL and torch release the GIL, and a fork after torch's OpenMP pool has
-        # started (a notebook kernel, a trainer) can deadlock the children
-        from concurrent.futures import ThreadPoolExecutor
-        with ThreadPoolExecutor(workers) as pool: xs = list(pool.map(_load, args))
-    else: xs = [_load(a) for a in args]
-    x, y = torch.stack(xs), torch.tensor([l for _, l in items], dtype=torch.long)
+    x, y = torch.stack(_decode_all(items, size, workers)), torch.tensor([l for _, l in items], dtype=torch.long)
     if write: atomic_save({'x': x, 'y': y}, fn)
     return x, y
 
@@ -149,7 +190,7 @@ def rrc_flip_theta(n, scale=(0.08, 1.0), ratio=(3/4, 4/3), flip=True, generator=
     u = lambda: torch.rand(n, generator=generator)
     area = scale[0] + (scale[1] - scale[0]) * u()
     logr = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u()
-    w = (area * logr.exp()).sqrt().clamp(max=1.0); h = (area / logr.exp()).sqrt().clamp(max=1.0)
+    w, h = (area * logr.exp()).sqrt().clamp(max=1.0), (area / logr.exp()).sqrt().clamp(max=1.0)
     cx, cy = (2 * u() - 1) * (1 - w), (2 * u() - 1) * (1 - h)
     sx = torch.where(u() < 0.5, -1.0, 1.0) if flip else torch.ones(n)
     theta = torch.zeros(n, 2, 3)
@@ -157,7 +198,7 @@ def rrc_flip_theta(n, scale=(0.08, 1.0), ratio=(3/4, 4/3), flip=True, generator=
     return theta
 
 class BatchAugment:
-    "uint8 (B,3,S,S) -> normalised float (B,3,res,res): batched random-resized-crop + flip (train; `scale=None`: flip only) or centre crop."
+    "uint8 (B,3,S,S) -> normalised float (B,3,res,res): random-resized crop + flip (train) or centre crop (val)."
     def __init__(self, res, train=True, scale=(0.08, 1.0), ratio=(3/4, 4/3), flip=True, randaugment=None,
                  random_erasing=0.0, mixup=None, mean=IMAGENET_MEAN, std=IMAGENET_STD):
         self.res, self.train, self.scale, self.ratio, self.flip = res, train, scale, ratio, flip
@@ -180,7 +221,8 @@ class BatchAugment:
             return torch.where(torch.rand(len(x), 1, 1, 1, device=x.device) < 0.5, x.flip(-1), x)
         if not self.train:
             o = (x.shape[-1] - self.res) // 2
-            return x[..., o:o + self.res, o:o + self.res] if o >= 0 else F.interpolate(x, size=self.res, mode='bilinear')
+            if o < 0: return F.interpolate(x, size=self.res, mode='bilinear')
+            return x[..., o:o + self.res, o:o + self.res]
         theta = rrc_flip_theta(len(x), self.scale, self.ratio, self.flip).to(x.device)
         grid = F.affine_grid(theta, (len(x), 3, self.res, self.res), align_corners=False)
         return F.grid_sample(x, grid, mode='bilinear', padding_mode='reflection', align_corners=False)
@@ -191,7 +233,9 @@ class BatchAugment:
         if self.randaugment is not None:
             x = torch.stack([self.randaugment(o) for o in x.round().clamp(0, 255).to(torch.uint8)]).float()
         x = (x - self.mean.to(x.device)) / self.std.to(x.device)
-        if self.erase is not None: self.erase.device = x.device; x = self.erase(x)
+        if self.erase is not None:
+            self.erase.device = x.device
+            x = self.erase(x)
         if self.mixup is not None: x, y = self.mixup(x, y)
         return x, y
 
@@ -230,19 +274,23 @@ def cifar_tensors(name='cifar10', root=None, download=False, res=32):
     out = {}
     for split, train in (('train', True), ('val', False)):
         try: d = ds(str(root), train=train, download=download)
-        except RuntimeError as e: raise ValueError(f"{name} not found in {str(root)!r}; pass download=True (--download) or data=<folder>") from e
+        except RuntimeError as e:
+            msg = f"{name} not found in {str(root)!r}; pass download=True (--download) or data=<folder>"
+            raise ValueError(msg) from e
         x = torch.from_numpy(d.data).permute(0, 3, 1, 2).contiguous()
-        if res != 32: x = F.interpolate(x.float(), size=round(res * 1.15), mode='bilinear').round().clamp(0, 255).to(torch.uint8)
+        if res != 32:
+            x = F.interpolate(x.float(), size=round(res * 1.15), mode='bilinear').round().clamp(0, 255).to(torch.uint8)
         out[split] = (x, torch.tensor(d.targets, dtype=torch.long))
     return out, list(d.classes)
 
 def make_dls(tensors, res, bs, val_bs=None, seed=0, device='cpu', train_aug=None, drop_last=True, num_workers=None):
-    "fastai `DataLoaders` (train shuffled with batched augmentation, val centre-cropped) over decoded tensors or `FolderImages`."
+    "fastai `DataLoaders` (train shuffled, batched augmentation; val centre-cropped) over tensors or `FolderImages`."
     if isinstance(tensors['train'], torch.utils.data.Dataset):   # `FolderImages` (streaming, below)
         nw = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
-        trn = StreamDL(tensors['train'], aug=train_aug or BatchAugment(res, train=True, scale=None), bs=bs, shuffle=True,
-                       drop_last=drop_last, num_workers=nw, device=device)
-        val = StreamDL(tensors['val'], aug=BatchAugment(res, train=False), bs=val_bs or bs, num_workers=nw, device=device)
+        trn = StreamDL(tensors['train'], aug=train_aug or BatchAugment(res, train=True, scale=None), bs=bs,
+                       shuffle=True, drop_last=drop_last, num_workers=nw, device=device)
+        val = StreamDL(tensors['val'], aug=BatchAugment(res, train=False), bs=val_bs or bs, num_workers=nw,
+                       device=device)
         return DataLoaders(trn, val, device=device)
     trn = TensorDL(*tensors['train'], aug=train_aug or BatchAugment(res, train=True), bs=bs, shuffle=True,
                    drop_last=drop_last, seed=seed, device=device)
@@ -251,7 +299,7 @@ def make_dls(tensors, res, bs, val_bs=None, seed=0, device='cpu', train_aug=None
 
 # %% ../nbs/10_data.ipynb #3ec69c4e
 class FolderImages(torch.utils.data.Dataset):
-    "A split of an ImageNet-style folder decoded on the fly: train items are random-resized crops of the full image, val items `load_image` at 1.15× `res` (as the cache)."
+    "A split of a folder decoded on the fly: train items are random-resized crops, val items as the cache decodes them."
     def __init__(self, items, res: int, train: bool = True, scale=(0.08, 1.0), ratio=(3/4, 4/3)):
         self.items, self.res, self.train, self.scale, self.ratio = list(items), res, train, tuple(scale), tuple(ratio)
     def __len__(self): return len(self.items)
@@ -269,7 +317,7 @@ class FolderImages(torch.utils.data.Dataset):
         return torch.from_numpy(a.copy()).permute(2, 0, 1).contiguous(), label
 
 class StreamDL(DataLoader):
-    "fastai DataLoader over a `FolderImages` (items decoded by `num_workers` processes); batches then pass through `aug` on the device."
+    "fastai DataLoader over a `FolderImages` (decoded by `num_workers` processes); batches then pass through `aug`."
     def __init__(self, dataset, aug=None, **kwargs):
         super().__init__(dataset, **kwargs)
         self.aug = aug

@@ -4,36 +4,41 @@
 
 # %% ../nbs/11_train.ipynb #272813e6
 from __future__ import annotations
-import argparse, dataclasses, json, math, os, random, subprocess, sys, time
+import argparse, dataclasses, json, math, os, subprocess, sys, time, warnings
 from dataclasses import dataclass, field, asdict
 from functools import partial
 from pathlib import Path
 import numpy as np
 import torch, torch.nn as nn, torch.nn.functional as F
 import torch.distributed as dist
-from fastai.learner import Learner
-from fastai.callback.core import Callback
-from fastai.callback.schedule import ParamScheduler, combine_scheds, SchedLin, SchedCos
-from fastai.callback.fp16 import MixedPrecision, AMPMode
-from fastai.metrics import AccumMetric, ValueMetric
-from fastai.optimizer import OptimWrapper
-from fastai.torch_core import rank_distrib, num_distrib, set_seed
-from fastai.distributed import DistributedDL
-from fastcore.basics import patch
+with warnings.catch_warnings():   # fastai and pandas warn about their own deprecations at import
+    warnings.simplefilter('ignore')
+    from fastai.learner import Learner
+    from fastai.callback.core import Callback
+    from fastai.callback.schedule import ParamScheduler, combine_scheds, SchedLin, SchedCos
+    from fastai.callback.fp16 import MixedPrecision, AMPMode
+    from fastai.metrics import AccumMetric, ValueMetric
+    from fastai.optimizer import OptimWrapper
+    from fastai.torch_core import rank_distrib, num_distrib, set_seed
+    from fastai.distributed import DistributedDL
+from fastcore.foundation import L
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 from .vit import get_step, roadmap_config, Illama, ROADMAP, SIZES, check_choice
 from .soft_mask import SoftMaskSchedule, TUNED_MIXUP_CUTMIX, SOFT_MASK_SETTINGS
-import illama.models  # registers every roadmap step and the timm models
-from .data import (find_data, folder_tensors, folder_images, FolderImages, cifar_tensors, make_dls, BatchAugment,
-                         atomic_save, cache_dir, git_revision)
+import illama.models  # the timm models and every roadmap step
+from .data import find_data, folder_tensors, folder_images, FolderImages, cifar_tensors, make_dls, BatchAugment
+from .data import atomic_save, cache_dir, git_revision, scan_folder
+from .results import write_result
 
 # %% auto #0
-__all__ = ['RECIPES', 'REGIMES', 'PRECISIONS', 'PIPELINES', 'CKPT', 'Recipe', 'step_recipe', 'step_model_config', 'param_groups',
-           'RecipeLoss', 'top_k_metric', 'val_ce_metric', 'SoftMaskCallback', 'RecipeCallback', 'lr_scheds',
-           'make_mixup', 'load_tensors', 'check_precision', 'Autocast', 'make_learner', 'save_checkpoint',
-           'read_checkpoint', 'load_checkpoint', 'CheckpointCallback', 'plot_history', 'load_init', 'train',
-           'check_batch', 'main']
+__all__ = ['RECIPES', 'REGIMES', 'MAX_EPOCHS', 'PRECISIONS', 'PIPELINES', 'CKPT', 'Recipe', 'paper_recipe', 'in_regime',
+           'step_recipe', 'step_model_config', 'param_groups', 'RecipeLoss', 'top_k_metric', 'val_ce_metric',
+           'SoftMaskCallback', 'RecipeCallback', 'lr_scheds', 'make_mixup', 'load_tensors', 'check_trainable',
+           'check_precision', 'DeviceMixedPrecision', 'make_learner', 'save_checkpoint', 'read_checkpoint',
+           'load_checkpoint', 'CheckpointCallback', 'RestoreSmoothLoss', 'CpuDistributedDL', 'plot_history',
+           'load_init', 'Run', 'run_differences', 'plan_run', 'check_batch', 'build_learner', 'fit_run', 'run_result',
+           'finish_run', 'train', 'check_int', 'default_out', 'plan_from_args', 'main']
 
 # %% ../nbs/11_train.ipynb #4ebbb560
 @dataclass(frozen=True)
@@ -62,7 +67,7 @@ class Recipe:
     dataset: str = 'imagenet'       # 'imagenet' (any ImageNet-style folder) | 'cifar10' | 'cifar100'
     max_per_class: int | None = None
     precision: str = 'fp32'         # 'fp32' | 'bf16' | 'fp16' (autocast; fp16 on CUDA only)
-    pipeline: str = 'stream'        # 'stream': decode on the fly, crop the full image | 'cache': decode once at 1.15x res
+    pipeline: str = 'stream'        # 'stream': decode on the fly, crop the full image | 'cache': decode once, 1.15x res
     model: dict = field(default_factory=dict)   # extra IllamaConfig overrides (depth, width of the small regimes)
 
     def replace(self, **kw): return dataclasses.replace(self, **kw)
@@ -78,58 +83,78 @@ class Recipe:
 
 # %% ../nbs/11_train.ipynb #4434e128
 _T13 = dict(zip(('tiny', 'small', 'base'), zip((0.0, 0.1, 0.4), (0.1, 0.5, 0.95), (0.1, 0.5, 1.0))))
+
 def _t13(size):
-    dp, mu, cm = _T13[size]; s = SOFT_MASK_SETTINGS[size]
+    dp, mu, cm = _T13[size]
+    s = SOFT_MASK_SETTINGS[size]
     return Recipe(f'table13_in1k_{size}', drop_path=dp, mixup=mu, cutmix=cm, soft_mask=s['schedule'],
                   cutoff_epochs=s['cutoff_epochs'], warmup_epochs=s['warmup_epochs'])
 
+def _t14(src, size, res, lr, dp):
+    name = f'table14_ft_{src}_{size}_{res}'
+    return Recipe(name, epochs=30, batch_size=512, lr_batch=512, base_lr=lr, weight_decay=1e-8, drop_path=dp, mixup=0,
+                  cutmix=0, warmup_epochs=0, img_size=res, soft_mask='constant', cutoff_epochs=0)
+
+def _t16(dataset, cutoff):
+    return Recipe(f'table16_{dataset}', batch_size=1024, lr_batch=1024, base_lr=2e-3, drop_path=0.0, warmup_epochs=50,
+                  soft_mask='linear', cutoff_epochs=cutoff, dataset=dataset, img_size=32, patch_size=4)
+
 RECIPES = {
-    **{f'table12_roadmap_{s}': Recipe(f'table12_roadmap_{s}', drop_path=dp) for s, dp in (('tiny', 0.0), ('small', 0.1), ('base', 0.4))},
+    **{f'table12_roadmap_{s}': Recipe(f'table12_roadmap_{s}', drop_path=dp)
+       for s, dp in (('tiny', 0.0), ('small', 0.1), ('base', 0.4))},
     **{f'table13_in1k_{s}': _t13(s) for s in ('tiny', 'small', 'base')},
-    **{f'table13_in21k_{s}': Recipe(f'table13_in21k_{s}', epochs=90, base_lr=1e-3, weight_decay=0.01, drop_path=0.1, warmup_epochs=5,
-                                     soft_mask='constant', cutoff_epochs=30) for s in ('base', 'large')},
-    **{f'table14_ft_{src}_{s}_{res}': Recipe(f'table14_ft_{src}_{s}_{res}', epochs=30, batch_size=512, lr_batch=512, base_lr=lr,
-                                              weight_decay=1e-8, drop_path=dp, mixup=0, cutmix=0, warmup_epochs=0, img_size=res,
-                                              soft_mask='constant', cutoff_epochs=0)
-       for src, s, res, lr, dp in (('in1k', 'base', 384, 8e-5, 0.8), ('in21k', 'base', 224, 8e-5, 0.2), ('in21k', 'large', 224, 6e-5, 0.3),
-                                   ('in21k', 'base', 384, 1.1e-4, 0.2), ('in21k', 'large', 384, 3.5e-5, 0.3))},
-    **{f'table16_{d}': Recipe(f'table16_{d}', batch_size=1024, lr_batch=1024, base_lr=2e-3, drop_path=0.0, warmup_epochs=50,
-                              soft_mask='linear', cutoff_epochs=c, dataset=d, img_size=32, patch_size=4)
-       for d, c in (('cifar10', 25), ('cifar100', 50))},
+    **{f'table13_in21k_{s}': Recipe(f'table13_in21k_{s}', epochs=90, base_lr=1e-3, weight_decay=0.01, drop_path=0.1,
+                                     warmup_epochs=5, soft_mask='constant', cutoff_epochs=30)
+       for s in ('base', 'large')},
+    **{r.name: r for r in (_t14(*a) for a in (('in1k', 'base', 384, 8e-5, 0.8), ('in21k', 'base', 224, 8e-5, 0.2),
+                                              ('in21k', 'large', 224, 6e-5, 0.3), ('in21k', 'base', 384, 1.1e-4, 0.2),
+                                              ('in21k', 'large', 384, 3.5e-5, 0.3)))},
+    **{f'table16_{d}': _t16(d, c) for d, c in (('cifar10', 25), ('cifar100', 50))},
 }
 
 # %% ../nbs/11_train.ipynb #37a21af8
 REGIMES = {
     'paper': dict(),
-    'cpu':   dict(epochs=16, batch_size=128, base_lr=1e-3, lr_batch=128, img_size=48, patch_size=6, rrc_scale=(0.35, 1.0),
-                  randaugment=None, random_erasing=0.0, drop_path=0.0, model=dict(depth=6), mix_scale=0.25, precision='bf16',
-                  pipeline='cache'),
+    'cpu':   dict(epochs=16, batch_size=128, base_lr=1e-3, lr_batch=128, img_size=48, patch_size=6,
+                  rrc_scale=(0.35, 1.0), randaugment=None, random_erasing=0.0, drop_path=0.0, model=dict(depth=6),
+                  mix_scale=0.25, precision='bf16', pipeline='cache'),
     'smoke': dict(epochs=6, batch_size=32, base_lr=2e-3, lr_batch=32, img_size=32, patch_size=8, rrc_scale=(0.5, 1.0),
                   randaugment=None, random_erasing=0.0, drop_path=0.0, max_per_class=32,
                   model=dict(depth=2, embed_dim=64, num_heads=2), mix_scale=0.25, precision='bf16',
                   pipeline='cache'),
 }
+MAX_EPOCHS = 100_000
 
-def step_recipe(step, size='tiny', regime='cpu', epochs=None, recipe: str | None = None, **overrides) -> Recipe:
-    "The recipe of a roadmap `step` at `size` in `regime` ('paper' | 'cpu' | 'smoke'), or of a named `recipe` of `RECIPES`."
-    st, regime = get_step(step), check_choice('regime', regime, tuple(REGIMES))
-    check_choice('size', size, tuple(SIZES))
-    if recipe is not None: check_choice('recipe', recipe, tuple(RECIPES))
-    base = RECIPES[recipe] if recipe else RECIPES.get(f'table12_roadmap_{size}') or RECIPES['table12_roadmap_base']
-    r = base.replace(name=f'{st.name} | {size} | {regime} | {recipe or "roadmap"}')
-    if recipe is None and st.train.get('mixup_cutmix') == 'tuned':
-        mu, cm = TUNED_MIXUP_CUTMIX[size]; r = r.replace(mixup=mu, cutmix=cm)
-    if recipe is None and st.train.get('soft_mask') == 'paper':
+def paper_recipe(step, size: str = 'tiny', recipe: str | None = None) -> Recipe:
+    "The paper-scale recipe of a roadmap `step`: Table 12's (with the step's changes), or a named one of `RECIPES`."
+    st, size = get_step(step), check_choice('size', size, tuple(SIZES))
+    if recipe is not None: return RECIPES[check_choice('recipe', recipe, tuple(RECIPES))]
+    r = RECIPES.get(f'table12_roadmap_{size}') or RECIPES['table12_roadmap_base']
+    if st.train.get('mixup_cutmix') == 'tuned':
+        mu, cm = TUNED_MIXUP_CUTMIX[size]
+        r = r.replace(mixup=mu, cutmix=cm)
+    if st.train.get('soft_mask') == 'paper':
         s = SOFT_MASK_SETTINGS[size]
         r = r.replace(soft_mask=s['schedule'], cutoff_epochs=s['cutoff_epochs'], warmup_epochs=s['warmup_epochs'])
-    reg = dict(REGIMES[regime]); mix_scale = reg.pop('mix_scale', 1.0)
-    if reg:
-        n = epochs or reg['epochs']; frac = n / r.epochs
-        reg['epochs'] = n
-        r = r.replace(**reg, mixup=r.mixup * mix_scale, cutmix=r.cutmix * mix_scale,
-                      warmup_epochs=r.warmup_epochs * frac, cutoff_epochs=r.cutoff_epochs * frac)
-    elif epochs: r = r.replace(epochs=epochs)
-    return r.replace(**overrides)
+    return r
+
+def in_regime(r: Recipe, regime: str, epochs: int | None = None) -> Recipe:
+    "`r` shrunk to `regime`: its settings, `epochs` (or the regime's), warm-up, cutoff and mixup/cutmix to scale."
+    reg = dict(REGIMES[check_choice('regime', regime, tuple(REGIMES))])
+    mix_scale = reg.pop('mix_scale', 1.0)
+    if not reg: return r.replace(epochs=epochs) if epochs else r
+    n = epochs or reg['epochs']
+    frac = n / r.epochs
+    return r.replace(**{**reg, 'epochs': n}, mixup=r.mixup * mix_scale, cutmix=r.cutmix * mix_scale,
+                     warmup_epochs=r.warmup_epochs * frac, cutoff_epochs=r.cutoff_epochs * frac)
+
+def step_recipe(step, size='tiny', regime='cpu', epochs=None, recipe: str | None = None, paper_changes=None,
+                **overrides) -> Recipe:
+    "The recipe of a roadmap `step` at `size` in `regime` ('paper' | 'cpu' | 'smoke'), or of a named `recipe`."
+    st = get_step(step)
+    check_choice('regime', regime, tuple(REGIMES))
+    r = paper_recipe(st, size, recipe).replace(name=f'{st.name} | {size} | {regime} | {recipe or "roadmap"}')
+    return in_regime(r.replace(**(paper_changes or {})), regime, epochs).replace(**overrides)
 
 def step_model_config(step, size, recipe: Recipe, num_classes: int):
     "The model of a roadmap step for a recipe: Table 11 size, the recipe's resolution, patch, depth and drop path."
@@ -150,7 +175,8 @@ def param_groups(model):
 class RecipeLoss(nn.Module):
     "Soft targets (mixup) -> SoftTargetCrossEntropy; hard targets -> CE with label smoothing (train) / plain CE (val)."
     def __init__(self, label_smoothing=0.1):
-        super().__init__(); self.label_smoothing, self.soft = label_smoothing, SoftTargetCrossEntropy()
+        super().__init__()
+        self.label_smoothing, self.soft = label_smoothing, SoftTargetCrossEntropy()
     def forward(self, pred, targ):
         if targ.ndim == 2: return self.soft(pred, targ)
         return F.cross_entropy(pred, targ, label_smoothing=self.label_smoothing if self.training else 0.0)
@@ -173,7 +199,8 @@ class SoftMaskCallback(Callback):
         if not self.training: return
         self.alpha = self.schedule.alpha((self.epoch0 + self.epoch) * self.n_iter + self.iter, self.n_iter)
         self.iters_per_epoch = self.n_iter
-        _unwrap(self.learn.model).set_soft_mask_alpha(self.alpha); self.alphas.append(self.alpha)
+        _unwrap(self.learn.model).set_soft_mask_alpha(self.alpha)
+        self.alphas.append(self.alpha)
     def before_validate(self): _unwrap(self.learn.model).set_soft_mask_alpha(0.0)
     def after_fit(self): _unwrap(self.learn.model).set_soft_mask_alpha(0.0)
     def metric(self): return ValueMetric(lambda: self.alpha, 'alpha')
@@ -184,16 +211,20 @@ class RecipeCallback(Callback):
     order = 0
     def __init__(self, seed=0, start_epoch=0):
         self.seed, self.epoch0 = seed, start_epoch
-        self.step_time = self.train_time = 0.0; self.n_images = 0
+        self.step_time = self.train_time = 0.0
+        self.n_images = 0
     def before_epoch(self):
         e = self.epoch0 + self.epoch
         for dl in self.dls.loaders: getattr(getattr(dl, 'dl', dl), 'set_epoch', lambda e: None)(e)
         set_seed(self.seed * 1000 + e * 97 + rank_distrib(), reproducible=False)
-    def before_train(self): self.loss_func.train(); self._t0 = time.perf_counter()
+    def before_train(self):
+        self.loss_func.train()
+        self._t0 = time.perf_counter()
     def before_batch(self):
         if self.training: self._tb = time.perf_counter()
     def after_step(self):
-        self.step_time += time.perf_counter() - self._tb; self.n_images += len(self.xb[0])
+        self.step_time += time.perf_counter() - self._tb
+        self.n_images += len(self.xb[0])
     def after_train(self): self.train_time += time.perf_counter() - self._t0
     def before_validate(self): self.loss_func.eval()
     @property
@@ -209,7 +240,7 @@ class _AlphaProbe(Callback):
 
 # %% ../nbs/11_train.ipynb #ada5c86c
 def lr_scheds(recipe: Recipe, start_epoch: int = 0, end_epoch: int | None = None):
-    "fastai `ParamScheduler` dict: linear warm-up then cosine to `min_lr` over the whole run, for a fit of epochs `start_epoch`..`end_epoch`."
+    "fastai `ParamScheduler` dict: linear warm-up, then cosine to `min_lr` over the whole run, for epochs start..end."
     n, w = recipe.epochs, min(recipe.warmup_epochs / recipe.epochs, 1.0)
     f = (combine_scheds([w, 1 - w], [SchedLin(0.0, recipe.lr), SchedCos(recipe.lr, recipe.min_lr)]) if 0 < w < 1
          else SchedCos(recipe.lr, recipe.min_lr) if w == 0 else SchedLin(0.0, recipe.lr))
@@ -219,53 +250,76 @@ def lr_scheds(recipe: Recipe, start_epoch: int = 0, end_epoch: int | None = None
 def make_mixup(recipe: Recipe, num_classes: int):
     "timm's `Mixup` for the recipe's mixup/cutmix rates (None when both are 0)."
     if recipe.mixup <= 0 and recipe.cutmix <= 0: return None
-    return Mixup(mixup_alpha=recipe.mixup, cutmix_alpha=recipe.cutmix, label_smoothing=recipe.label_smoothing, num_classes=num_classes)
+    return Mixup(mixup_alpha=recipe.mixup, cutmix_alpha=recipe.cutmix, label_smoothing=recipe.label_smoothing,
+                 num_classes=num_classes)
 
 PRECISIONS = ('fp32', 'bf16', 'fp16')
 PIPELINES = ('stream', 'cache')    # Recipe.pipeline: decode on the fly | decode once
 
 def load_tensors(recipe: Recipe, data=None, cache=None, download=False):
-    "Train/val data and class names for the recipe's dataset: decoded tensors (`pipeline='cache'`, and CIFAR) or `FolderImages` ('stream')."
+    "Train/val data and class names for the recipe's dataset: decoded tensors ('cache', CIFAR) or `FolderImages`."
     if recipe.dataset in ('cifar10', 'cifar100'): return cifar_tensors(recipe.dataset, data, download, recipe.img_size)
-    path = find_data(data, download=download, name='imagenette2-160' if recipe.dataset == 'imagenet' else recipe.dataset)
+    name = 'imagenette2-160' if recipe.dataset == 'imagenet' else recipe.dataset
+    path = find_data(data, download=download, name=name)
     if check_choice('pipeline', recipe.pipeline, PIPELINES) == 'stream':
         return folder_images(path, recipe.img_size, recipe.max_per_class, recipe.rrc_scale)
-    return folder_tensors(path, recipe.img_size, recipe.max_per_class, cache, write=int(os.environ.get('LOCAL_RANK', 0)) == 0)
+    writer = int(os.environ.get('LOCAL_RANK', 0)) == 0
+    return folder_tensors(path, recipe.img_size, recipe.max_per_class, cache, write=writer)
+
+def check_trainable(tensors, classes, batch_size: int, nproc: int = 1):
+    "A `ValueError` unless the data gives every process at least one training batch, of at least two classes."
+    if len(classes) < 2:
+        raise ValueError(f"data has {len(classes)} class ({classes}); a classifier needs at least 2 class folders")
+    train = tensors['train']
+    n = len(train) if isinstance(train, FolderImages) else len(train[0])
+    if n < batch_size:
+        raise ValueError(f"the train split has {n} images, fewer than one batch (batch_size={batch_size}, "
+                         f"{batch_size // nproc} per process): no training step would run; lower --batch-size or "
+                         f"add images")
 
 def check_precision(precision: str, device='cpu') -> str:
     "A training precision allowed on `device`: fp16 autocast needs CUDA (its loss scaler); bf16 and fp32 run anywhere."
     check_choice('precision', precision, PRECISIONS)
     if precision == 'fp16' and torch.device(device).type != 'cuda':
-        raise ValueError(f"precision='fp16' needs a CUDA device (this run is on {torch.device(device).type}); use 'bf16' or 'fp32'")
+        raise ValueError(f"precision='fp16' needs a CUDA device (this run is on {torch.device(device).type}); "
+                         f"use 'bf16' or 'fp32'")
     return precision
 
-class Autocast(MixedPrecision):
-    "fastai's `MixedPrecision` (AMP) on the device the data lives on: fastai 2.8 autocasts CUDA only, so on the CPU it would train in fp32."
+class DeviceMixedPrecision(MixedPrecision):
+    "fastai's `MixedPrecision` on the data's device: fastai 2.8 autocasts CUDA only (on the CPU it warns, runs fp32)."
     def before_fit(self):
-        super().before_fit()
         dev = torch.device(getattr(self.dls, 'device', None) or 'cpu').type
-        self.device_autocast = torch.autocast(dev, dtype=torch.bfloat16 if self.amp_mode == AMPMode.BF16 else torch.float16)
-    def before_batch(self): self.device_autocast.__enter__()
-    def after_loss(self): self.device_autocast.__exit__(None, None, None)
+        if dev == 'cuda': return super().before_fit()
+        check_precision('fp16' if self.amp_mode == AMPMode.FP16 else 'bf16', dev)
+        self.autocast, self.scales = torch.autocast(dev, dtype=torch.bfloat16), L()
+        self.learn.scaler = torch.amp.GradScaler(dev, enabled=False)   # bf16 has fp32's range: nothing to scale
 
-def make_learner(step, size, recipe: Recipe, tensors, classes, seed=0, start_epoch=0, nproc=1, device='cpu', augment=True):
-    "fastai `Learner` for a roadmap step trained with `recipe` on decoded `tensors`."
-    bs = recipe.batch_size // nproc
-    mix = make_mixup(recipe, len(classes)) if augment else None
+# %% ../nbs/11_train.ipynb #f1a0c0de
+def _train_aug(recipe: Recipe, tensors, num_classes: int, augment: bool):
+    "The batch augmentation of the training split: the recipe's, or none at all (`augment=False`, for DDP checks)."
     stream = isinstance(tensors['train'], FolderImages)         # cropped in the loader: the batch part only flips
-    if stream and not augment: tensors = {**tensors, 'train': FolderImages(tensors['train'].items, recipe.img_size, train=False)}
     scale = (1, 1) if not augment else None if stream else recipe.rrc_scale
-    aug = BatchAugment(recipe.img_size, train=True, scale=scale, ratio=(3/4, 4/3) if augment else (1, 1),
-                       flip=augment, randaugment=recipe.randaugment if augment else None,
-                       random_erasing=recipe.random_erasing if augment else 0, mixup=mix)
-    dls = make_dls(tensors, recipe.img_size, bs, val_bs=bs, seed=seed, device=device, train_aug=aug)
+    return BatchAugment(recipe.img_size, train=True, scale=scale, ratio=(3/4, 4/3) if augment else (1, 1),
+                        flip=augment, randaugment=recipe.randaugment if augment else None,
+                        random_erasing=recipe.random_erasing if augment else 0,
+                        mixup=make_mixup(recipe, num_classes) if augment else None)
+
+def make_learner(step, size, recipe: Recipe, tensors, classes, seed=0, start_epoch=0, nproc=1, device='cpu',
+                 augment=True):
+    "fastai `Learner` for a roadmap step trained with `recipe` on decoded `tensors`."
+    if isinstance(tensors['train'], FolderImages) and not augment:
+        tensors = {**tensors, 'train': FolderImages(tensors['train'].items, recipe.img_size, train=False)}
+    bs = recipe.batch_size // nproc
+    dls = make_dls(tensors, recipe.img_size, bs, val_bs=bs, seed=seed, device=device,
+                   train_aug=_train_aug(recipe, tensors, len(classes), augment))
     set_seed(seed)
     model = Illama(step_model_config(step, size, recipe, len(classes)))
-    cbs = [RecipeCallback(seed, start_epoch)]
-    metrics = [top_k_metric(1), top_k_metric(5), val_ce_metric()]
+    cbs, metrics = [RecipeCallback(seed, start_epoch)], [top_k_metric(1), top_k_metric(5), val_ce_metric()]
     if recipe.soft_mask != 'none':
-        sm = SoftMaskCallback(recipe.schedule(), start_epoch); cbs.append(sm); metrics.append(sm.metric())
-    if check_precision(recipe.precision, device) != 'fp32': cbs.append(Autocast(recipe.precision))
+        sm = SoftMaskCallback(recipe.schedule(), start_epoch)
+        cbs.append(sm)
+        metrics.append(sm.metric())
+    if check_precision(recipe.precision, device) != 'fp32': cbs.append(DeviceMixedPrecision(recipe.precision))
     opt_func = partial(OptimWrapper, opt=torch.optim.AdamW, betas=tuple(recipe.betas), eps=1e-8)
     learn = Learner(dls, model, loss_func=RecipeLoss(recipe.label_smoothing), opt_func=opt_func, splitter=param_groups,
                     lr=recipe.lr, wd=[recipe.weight_decay, 0.0], wd_bn_bias=True, metrics=metrics, cbs=cbs)
@@ -275,17 +329,21 @@ def make_learner(step, size, recipe: Recipe, tensors, classes, seed=0, start_epo
 # %% ../nbs/11_train.ipynb #6d5f4658
 CKPT = 'checkpoint.safetensors'
 
+def _why(e: BaseException) -> str:
+    "An exception as one short line: its type and the first line of its message."
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"[:300]
+
 def _opt_tensors(opt):
-    sd = opt.state_dict(); t = {}
+    sd, t = opt.state_dict(), {}
     for i, st in sd['state'].items():
         for k, v in st.items(): t[f'opt.{i}.{k}'] = v if torch.is_tensor(v) else torch.tensor(v)
-    return t, [{k: v for k, v in g.items()} for g in sd['param_groups']]
+    return t, [dict(g) for g in sd['param_groups']]
 
 def save_checkpoint(path, learn, meta: dict):
     "Write weights, optimiser state, RNG states and `meta` atomically into one safetensors file."
     from safetensors.torch import save_file
-    model = _unwrap(learn.model)
-    t = {f'model.{k}': v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    t = {f'model.{k}': v.detach().cpu().contiguous() for k, v in _unwrap(learn.model).state_dict().items()}
     ot, groups = _opt_tensors(learn.opt.opt)
     t.update({k: v.detach().cpu().contiguous() for k, v in ot.items()})
     t['rng.torch'] = torch.get_rng_state()
@@ -294,11 +352,15 @@ def save_checkpoint(path, learn, meta: dict):
     return atomic_save(t, path, saver=lambda t, fn: save_file(t, fn, metadata=md))
 
 def read_checkpoint(path):
-    "The tensors and metadata of a checkpoint."
+    "The tensors and metadata of a checkpoint; a `ValueError` naming the file if it cannot be read."
     from safetensors import safe_open
     from safetensors.torch import load_file
-    with safe_open(str(path), 'pt') as f: md = f.metadata()
-    return load_file(str(path)), json.loads(md['meta']), json.loads(md['opt_groups'])
+    try:
+        with safe_open(str(path), 'pt') as f: md = f.metadata()
+        return load_file(str(path)), json.loads(md['meta']), json.loads(md['opt_groups'])
+    except Exception as e:   # safetensors raises its own error types for truncated or foreign files
+        raise ValueError(f"checkpoint {str(path)!r} cannot be read ({_why(e)}); delete it or pass "
+                         f"--fresh to train from scratch") from e
 
 def load_checkpoint(path, learn):
     "Load weights and optimiser state of `path` into `learn` (creating its optimiser); return the metadata."
@@ -307,198 +369,356 @@ def load_checkpoint(path, learn):
     if learn.opt is None: learn.create_opt()
     state = {}
     for k, v in t.items():
-        if k.startswith('opt.'):
-            _, i, name = k.split('.', 2); state.setdefault(int(i), {})[name] = v
+        if not k.startswith('opt.'): continue
+        _, i, name = k.split('.', 2)
+        state.setdefault(int(i), {})[name] = v
     learn.opt.opt.load_state_dict({'state': state, 'param_groups': groups})
     return meta
 
+# %% ../nbs/11_train.ipynb #5a7c9e01
 class CheckpointCallback(Callback):
-    "After every epoch (rank 0 only): history (with `wall_s`, the run's seconds so far), and an atomic checkpoint in `out`."
+    "After every epoch (rank 0 writes): a history row (`wall_s`: the run's seconds so far), and a checkpoint in `out`."
     order = 90   # after the Recorder
     def __init__(self, out, meta: dict, history=None, t0=None):
         self.out, self.meta, self.history, self.t0 = Path(out), meta, list(history or []), t0 or time.time()
-    def after_epoch(self):
+    def before_fit(self): self._seen = (0.0, 0)
+    def _row(self):
         names = [n for n in self.recorder.metric_names[1:] if n != 'time']
         row = dict(zip(names, [float(v) if v is not None else None for v in self.recorder.values[-1]]))
-        e = self.learn.epoch0 + self.epoch
-        rc = self.learn.cbs.filter(lambda c: isinstance(c, RecipeCallback))
-        row.update(epoch=e + 1, lr=float(self.opt.hypers[0]['lr']), model_step_share=rc[0].model_step_share if rc else None,
-                   wall_s=time.time() - self.t0)
-        self.history.append(row)
-        if rank_distrib() == 0:
-            save_checkpoint(self.out / CKPT, self.learn, {**self.meta, 'epoch': e + 1, 'history': self.history,
-                                                          'train_iter': (e + 1) * self.n_iter})
+        rc = self.learn.cbs.filter(lambda c: isinstance(c, RecipeCallback))[0]
+        (t, n), self._seen = self._seen, (rc.train_time, rc.n_images)
+        return dict(row, epoch=self.learn.epoch0 + self.epoch + 1, lr=float(self.opt.hypers[0]['lr']),
+                    model_step_share=rc.model_step_share, wall_s=time.time() - self.t0, train_s=rc.train_time - t,
+                    images=(rc.n_images - n) * max(num_distrib(), 1))
+    def after_epoch(self):
+        self.history.append(self._row())
+        if rank_distrib() != 0: return
+        sl = self.recorder.smooth_loss
+        save_checkpoint(self.out / CKPT, self.learn, {**self.meta, 'epoch': self.history[-1]['epoch'],
+                        'history': self.history, 'train_iter': self.history[-1]['epoch'] * self.n_iter,
+                        'smooth_loss': dict(count=sl.count, val=float(sl.val))})
+
+class RestoreSmoothLoss(Callback):
+    "Put back the smoothed-loss state of a checkpoint after the recorder resets it at the start of `fit`."
+    order = 51   # right after the Recorder (50)
+    def __init__(self, state: dict): self.state = state
+    def before_fit(self):
+        sl = self.recorder.smooth_loss
+        sl.count, sl.val = self.state['count'], torch.tensor(self.state['val'], dtype=torch.float32)
 
 # %% ../nbs/11_train.ipynb #1a1f9d50
-@patch
-def _broadcast(self: DistributedDL, t, rank):
-    "fastai's version moves the tensor to CUDA (NCCL only); keep it on the CPU for gloo."
-    t = torch.LongTensor(t)
-    if dist.get_backend() == 'nccl': t = t.cuda()
-    dist.broadcast(t, rank)
-    return t.cpu().tolist()
+class CpuDistributedDL(DistributedDL):
+    "fastai's `DistributedDL`, broadcasting the sample order on the CPU when the process group is gloo."
+    def _broadcast(self, t, rank):
+        t = torch.LongTensor(t)
+        if dist.get_backend() == 'nccl': t = t.cuda()
+        dist.broadcast(t, rank)
+        return t.cpu().tolist()
 
-def plot_history(history, fn, alpha_curve=None):
-    "Loss and accuracy per epoch and α per iteration (`alpha_curve`: epochs, α), saved as a PNG (atomically)."
-    import matplotlib; matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+def _fit(learn, n_epochs: int, cbs):
+    "`learn.fit`, inside fastai's `distrib_ctx` (with CPU-safe loaders) when this process is one of several."
+    if num_distrib() <= 1: return learn.fit(n_epochs, cbs=cbs)
+    on_cpu = not torch.cuda.is_available()
+    if on_cpu: learn.dls.loaders = [CpuDistributedDL(dl) for dl in learn.dls.loaders]
+    with learn.distrib_ctx(sync_bn=False, cpu=on_cpu): learn.fit(n_epochs, cbs=cbs)
+
+# %% ../nbs/11_train.ipynb #7b1e2c33
+def plot_history(history, fn=None, alpha_curve=None):
+    "Loss and accuracy per epoch and α per iteration (`alpha_curve`: (epochs, α)) as a Figure; saved to `fn` if given."
+    from matplotlib.figure import Figure
     e = [h['epoch'] for h in history]
-    fig, ax = plt.subplots(1, 3 if alpha_curve else 2, figsize=(12, 3.2))
-    ax[0].plot(e, [h['train_loss'] for h in history], label='train'); ax[0].plot(e, [h.get('val_ce', h.get('valid_loss')) for h in history], label='val')
-    ax[0].set_xlabel('epoch'); ax[0].set_title('loss'); ax[0].legend()
-    ax[1].plot(e, [h['top1'] for h in history], label='top-1'); ax[1].plot(e, [h['top5'] for h in history], label='top-5')
-    ax[1].set_xlabel('epoch'); ax[1].set_title('val accuracy'); ax[1].legend()
-    if alpha_curve: ax[2].plot(*alpha_curve); ax[2].set_xlabel('epoch'); ax[2].set_title('soft-mask α (1 bidirectional, 0 causal)')
-    fig.tight_layout()
-    atomic_save(fig, fn, saver=lambda f, p: f.savefig(p, format='png', dpi=80)); plt.close(fig)
-    return fn
+    fig = Figure(figsize=(12, 3.2), layout='tight')
+    ax = fig.subplots(1, 3 if alpha_curve else 2)
+    ax[0].plot(e, [h['train_loss'] for h in history], label='train')
+    ax[0].plot(e, [h.get('val_ce', h.get('valid_loss')) for h in history], label='val')
+    ax[1].plot(e, [h['top1'] for h in history], label='top-1')
+    ax[1].plot(e, [h['top5'] for h in history], label='top-5')
+    for a, title in zip(ax, ('loss', 'val accuracy (%)')):
+        a.set(xlabel='epoch', title=title)
+        a.legend()
+    if alpha_curve:
+        ax[2].plot(*alpha_curve)
+        ax[2].set(xlabel='epoch', title='soft-mask α (1 bidirectional, 0 causal)')
+    if fn is not None: atomic_save(fig, fn, saver=lambda f, p: f.savefig(p, format='png', dpi=80))
+    return fig
+
+def _state_dict(path: Path) -> dict:
+    "The state dict in a safetensors or torch file (a checkpoint's `model.*` entries unwrapped)."
+    from safetensors.torch import load_file
+    try: sd = load_file(str(path)) if path.suffix == '.safetensors' else torch.load(path, map_location='cpu')
+    except Exception as e:
+        raise ValueError(f"init={str(path)!r} is not a checkpoint or state dict ({_why(e)})") from e
+    if not isinstance(sd, dict): raise ValueError(f"init={str(path)!r} holds a {type(sd).__name__}, not a state dict")
+    if any(k.startswith('model.') for k in sd): sd = {k[6:]: v for k, v in sd.items() if k.startswith('model.')}
+    return sd
 
 def load_init(model, path):
-    "Initialise `model` from weights (our checkpoint, a safetensors/pt state dict, timm's or the authors'): Table 14's fine-tuning."
-    from safetensors.torch import load_file
+    "Initialise `model` from the weights in `path` (any layout `checkpoint_filter_fn` maps); Table 14's fine-tuning."
     from illama.models import checkpoint_filter_fn
     path = Path(path)
-    if not path.is_file(): raise ValueError(f"init={str(path)!r} is not a file; expected a checkpoint.safetensors or a state dict")
-    sd = load_file(str(path)) if path.suffix == '.safetensors' else torch.load(path, map_location='cpu')
-    if any(k.startswith('model.') for k in sd): sd = {k[6:]: v for k, v in sd.items() if k.startswith('model.')}
-    missing, _ = model.load_state_dict(checkpoint_filter_fn(sd, model), strict=False)
-    if [k for k in missing if not k.startswith('head.')]: raise ValueError(f"init={str(path)!r} lacks {missing[:4]}...")
+    if not path.is_file(): raise ValueError(f"init={str(path)!r} is not a file; expected a checkpoint or state dict")
+    try: missing, _ = model.load_state_dict(checkpoint_filter_fn(_state_dict(path), model), strict=False)
+    except RuntimeError as e:   # shapes that do not fit: another size or architecture
+        raise ValueError(f"init={str(path)!r} does not fit this model: {str(e).splitlines()[-1].strip()}") from e
+    if [k for k in missing if not k.startswith('head.')]:
+        raise ValueError(f"init={str(path)!r} lacks weights this model needs: {missing[:4]}...")
     return model
 
-def train(step='ViT', size='tiny', regime='cpu', data=None, epochs=None, seed=0, out='runs/illama', resume=None,
-          nproc=None, cache=None, download=False, recipe: Recipe | None = None, augment=True, stop_after=None, quiet=False,
-          init=None):
-    "Train a roadmap step; returns the results dict (also written to `out/results.json` by rank 0)."
-    t0 = time.time()
-    out = Path(out); ck = out / CKPT
-    nproc = nproc or max(num_distrib(), 1)
-    meta, start, history = None, 0, []
-    if ck.exists() and resume is not False:
-        _, meta, _ = read_checkpoint(ck)
-        # checkpoints written before `Recipe.pipeline` existed come from the (then only) cache pipeline
-        recipe, step, size, seed = Recipe.from_dict({'pipeline': 'cache', **meta['recipe']}), meta['step'], meta['size'], meta['seed']
-        start, history = meta['epoch'], meta['history']
-        t0 -= history[-1].get('wall_s', 0.0) if history else 0.0   # a resumed run's wall time counts the epochs before the stop
-    elif resume: raise ValueError(f"resume=True but {str(ck)!r} does not exist")
-    recipe = recipe or step_recipe(step, size, regime, epochs)
-    check_batch(recipe.batch_size, nproc)
-    tensors, classes = load_tensors(recipe, data, cache, download)
-    device = 'cpu'
-    if torch.cuda.is_available():
-        device = torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0))); torch.cuda.set_device(device)
-    learn = make_learner(step, size, recipe, tensors, classes, seed, start, nproc, device=device, augment=augment)
-    if meta: load_checkpoint(ck, learn)
-    elif init: load_init(learn.model, init)
-    run_meta = dict(step=get_step(step).name, size=size, regime=regime, seed=seed, recipe=recipe.to_dict(),
-                    model=learn.model.cfg.to_dict(), nproc=nproc, classes=classes, git=git_revision())
-    end = min(stop_after or recipe.epochs, recipe.epochs)
-    cbs = [ParamScheduler(lr_scheds(recipe, start, end)), CheckpointCallback(out, run_meta, history, t0)]
-    if quiet: learn.remove_cbs([c for c in learn.cbs if type(c).__name__ == 'ProgressCallback'])
-    n = end - start
-    if n > 0:
-        if num_distrib() > 1:
-            with learn.distrib_ctx(sync_bn=False, cpu=not torch.cuda.is_available()): learn.fit(n, cbs=cbs)
-        else: learn.fit(n, cbs=cbs)
-    hist = cbs[1].history
-    rc = learn.cbs.filter(lambda c: isinstance(c, RecipeCallback))[0]
-    last = hist[-1] if hist else {}
-    res = dict(step=run_meta['step'], size=size, regime=regime, top1=last.get('top1'), top5=last.get('top5'),
-               train_loss=last.get('train_loss'), val_loss=last.get('val_ce'), epochs=last.get('epoch', 0),
-               wall_time_s=time.time() - t0, images_per_s=rc.n_images * nproc / max(rc.train_time, 1e-9),
-               model_step_share=rc.model_step_share, resumed_from_epoch=start, seed=seed, nproc=nproc,
-               config=dict(model=run_meta['model'], recipe=run_meta['recipe']), git=run_meta['git'],
-               paper=get_step(step).paper, history=hist)
-    if rank_distrib() == 0 and (stop_after is None or stop_after >= recipe.epochs):
-        atomic_save(res, out / 'results.json', saver=lambda r, p: Path(p).write_text(json.dumps(r, indent=1)))
-        sm = learn.cbs.filter(lambda c: isinstance(c, SoftMaskCallback))
-        ipe = getattr(sm[0], 'iters_per_epoch', None) if sm else None
-        curve = ([i / ipe for i in range(end * ipe)], recipe.schedule().curve(end, ipe)) if ipe else None
-        if hist: plot_history(hist, out / 'results.png', curve)
-    learn.result = res
-    return learn
+# %% ../nbs/11_train.ipynb #c0ffee01
+@dataclass
+class Run:
+    "What one training run is, resolved: the row it trains, where it writes, and where it starts."
+    step: str
+    size: str
+    regime: str
+    seed: int
+    recipe: Recipe
+    out: Path
+    nproc: int = 1
+    start: int = 0                   # epochs already trained (the checkpoint's)
+    history: list = field(default_factory=list)
+    smooth_loss: dict | None = None  # fastai's smoothed-loss state at the checkpoint
+    t0: float = 0.0                  # wall-clock start, moved back by the seconds the resumed epochs took
+
+    @property
+    def meta(self) -> dict:
+        "What a checkpoint records about the run, to resume it and to recognise it."
+        return dict(step=self.step, size=self.size, regime=self.regime, seed=self.seed, recipe=self.recipe.to_dict(),
+                    nproc=self.nproc, git_rev=git_revision())
+
+def run_differences(meta: dict, run: Run) -> list[str]:
+    "The fields in which a checkpoint's run (`meta`) differs from `run`: 'seed: 0 (checkpoint) vs 7 (asked)', ..."
+    ck = Recipe.from_dict({'pipeline': 'cache', **meta['recipe']}).to_dict()   # checkpoints before `pipeline` cached
+    asked = dict(step=run.step, size=run.size, regime=run.regime, seed=run.seed, recipe=run.recipe.to_dict())
+    have = dict(step=meta['step'], size=meta['size'], regime=meta.get('regime', run.regime), seed=meta['seed'],
+                recipe=ck)
+    diff = [k for k in asked if asked[k] != have[k] and k != 'recipe']
+    diff += [f'recipe.{k}' for k in asked['recipe'] if asked['recipe'][k] != ck.get(k)]
+    def show(d, k): return d['recipe'][k[7:]] if k.startswith('recipe.') else d[k]
+    return [f'{k}: {show(have, k)!r} (checkpoint) vs {show(asked, k)!r} (asked)' for k in diff]
+
+# %% ../nbs/11_train.ipynb #c0ffee02
+def plan_run(step='ViT', size='tiny', regime='cpu', seed=0, out='runs/illama', recipe: Recipe | None = None,
+             epochs=None, resume=None) -> Run:
+    "The run to train: a fresh one, or (unless `resume=False`) the one whose checkpoint is in `out`, if it is this one."
+    st = get_step(step)
+    recipe = recipe or step_recipe(st, size, regime, epochs)
+    run = Run(st.name, size, regime, seed, recipe, Path(out), nproc=max(num_distrib(), 1), t0=time.time())
+    check_batch(recipe.batch_size, run.nproc)
+    ck = run.out / CKPT
+    if resume is True and not ck.exists(): raise ValueError(f"resume=True but {str(ck)!r} does not exist")
+    if not ck.exists() or resume is False: return run
+    _, meta, _ = read_checkpoint(ck)
+    if diff := run_differences(meta, run):
+        raise ValueError(f"out={str(run.out)!r} holds a checkpoint of another run ({'; '.join(diff)}); pass --fresh to "
+                         f"replace it, or choose another --out")
+    run.start, run.history, run.smooth_loss = meta['epoch'], meta['history'], meta.get('smooth_loss')
+    run.t0 -= run.history[-1].get('wall_s', 0.0) if run.history else 0.0   # count the epochs before the stop
+    return run
 
 def check_batch(batch_size, nproc):
-    "The global batch must split evenly over the processes (and be even per process: mixup pairs samples)."
+    "The global batch must split evenly over the processes."
     if nproc < 1 or batch_size % nproc: raise ValueError(f"batch_size={batch_size} is not divisible by nproc={nproc}")
+
+# %% ../nbs/11_train.ipynb #c0ffee03
+def _device():
+    if not torch.cuda.is_available(): return 'cpu'
+    device = torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)))
+    torch.cuda.set_device(device)
+    return device
+
+def build_learner(run: Run, data=None, cache=None, download=False, init=None, augment=True):
+    "The learner of `run`: its data (checked to give training steps), its model, from the checkpoint or `init`."
+    tensors, classes = load_tensors(run.recipe, data, cache, download)
+    check_trainable(tensors, classes, run.recipe.batch_size, run.nproc)
+    learn = make_learner(run.step, run.size, run.recipe, tensors, classes, run.seed, run.start, run.nproc,
+                         device=_device(), augment=augment)
+    if run.start: load_checkpoint(run.out / CKPT, learn)
+    elif init: load_init(learn.model, init)
+    learn.classes = classes
+    return learn
+
+def fit_run(learn, run: Run, stop_after: int | None = None, quiet: bool = False):
+    "Train `run`'s remaining epochs (up to `stop_after`), with the lr schedule, checkpoints and the restored loss."
+    end = min(stop_after or run.recipe.epochs, run.recipe.epochs)
+    meta = dict(run.meta, model=learn.model.cfg.to_dict(), classes=learn.classes)
+    cbs = [ParamScheduler(lr_scheds(run.recipe, run.start, end)),
+           CheckpointCallback(run.out, meta, run.history, run.t0)]
+    if run.smooth_loss: cbs.append(RestoreSmoothLoss(run.smooth_loss))
+    if quiet: learn.remove_cbs([c for c in learn.cbs if type(c).__name__ == 'ProgressCallback'])
+    if end > run.start: _fit(learn, end - run.start, cbs)
+    run.history = cbs[1].history
+    return end
+
+# %% ../nbs/11_train.ipynb #c0ffee04
+def _throughput(history, learn) -> float:
+    "Training images per second over the whole run (older checkpoints lack per-epoch counts: this session's only)."
+    if history and all('train_s' in h for h in history):
+        return sum(h['images'] for h in history) / max(sum(h['train_s'] for h in history), 1e-9)
+    rc = learn.cbs.filter(lambda c: isinstance(c, RecipeCallback))[0]
+    return rc.n_images * max(num_distrib(), 1) / max(rc.train_time, 1e-9)
+
+def run_result(learn, run: Run) -> dict:
+    "The result record of `run` (chapter 12's format)."
+    last = run.history[-1] if run.history else {}
+    rc = learn.cbs.filter(lambda c: isinstance(c, RecipeCallback))[0]
+    return dict(status='ok', step=run.step, size=run.size, regime=run.regime, top1=last.get('top1'),
+                top5=last.get('top5'), train_loss=last.get('train_loss'), val_loss=last.get('val_ce'),
+                epochs=last.get('epoch', 0), wall_time_s=time.time() - run.t0,
+                images_per_s=_throughput(run.history, learn), model_step_share=rc.model_step_share,
+                resumed_from_epoch=run.start, seed=run.seed, nproc=run.nproc,
+                config=dict(model=learn.model.cfg.to_dict(), recipe=run.recipe.to_dict()), git_rev=git_revision(),
+                history=run.history)
+
+def finish_run(learn, run: Run, end: int) -> dict:
+    "The result record; when the run is complete, rank 0 writes it to `out/results.json` with a plot."
+    res = run_result(learn, run)
+    if rank_distrib() != 0 or end < run.recipe.epochs: return res
+    write_result(run.out / 'results.json', res)
+    sm = learn.cbs.filter(lambda c: isinstance(c, SoftMaskCallback))
+    ipe = getattr(sm[0], 'iters_per_epoch', None) if sm else None
+    curve = ([i / ipe for i in range(end * ipe)], run.recipe.schedule().curve(end, ipe)) if ipe else None
+    if run.history: plot_history(run.history, run.out / 'results.png', curve)
+    return res
+
+# %% ../nbs/11_train.ipynb #c0ffee05
+def train(step='ViT', size='tiny', regime='cpu', data=None, epochs=None, seed=0, out='runs/illama', resume=None,
+          cache=None, download=False, recipe: Recipe | None = None, augment=True, stop_after=None, quiet=False,
+          init=None):
+    "Train a roadmap step; returns the learner, with the result record in `learn.result` (and `out/results.json`)."
+    run = plan_run(step, size, regime, seed, out, recipe, epochs, resume)
+    learn = build_learner(run, data, cache, download, init, augment)
+    end = fit_run(learn, run, stop_after, quiet)
+    learn.result = finish_run(learn, run, end)
+    return learn
 
 # %% ../nbs/11_train.ipynb #b497fb1b
 def _parser():
-    p = argparse.ArgumentParser(prog='illama-train', description='Train a roadmap step of iLLaMA (fastai).')
+    p = argparse.ArgumentParser(prog='illama-train', description='Train a roadmap step of iLLaMA (fastai).',
+                                allow_abbrev=False)
     p.add_argument('--step', default='ViT', help=f"roadmap step, one of {list(ROADMAP)} (or an alias)")
     p.add_argument('--size', default='tiny', help=f"model size, one of {list(SIZES)}")
     p.add_argument('--regime', default='cpu', help="paper | cpu | smoke")
-    p.add_argument('--data', default=None, help="dataset folder (ImageNet layout) or CIFAR root; default $ILLAMA_DATA, then fastai's data dir")
-    p.add_argument('--recipe', default=None, help=f"a named recipe instead of the roadmap's (e.g. table16_cifar10, table13_in1k_tiny); one of {list(RECIPES)}")
+    p.add_argument('--data', default=None,
+                   help="dataset folder (ImageNet layout) or CIFAR root; default $ILLAMA_DATA, then fastai's data dir")
+    p.add_argument('--recipe', default=None, help=f"a named recipe instead of the roadmap's, one of {list(RECIPES)}")
     p.add_argument('--epochs', type=int, default=None, help="override the regime's epochs")
     p.add_argument('--batch-size', type=int, default=None, help="override the regime's global batch size")
     p.add_argument('--precision', default=None, help="override the regime's precision: fp32 | bf16 | fp16 (CUDA only)")
-    p.add_argument('--pipeline', default=None, help="override the regime's input pipeline: stream (decode on the fly; paper) | cache (decode once)")
+    p.add_argument('--pipeline', default=None, help="override the input pipeline: stream (decode on the fly) | cache")
     p.add_argument('--nproc', type=int, default=1, help="processes on this machine (torchrun, DDP)")
-    p.add_argument('--init', default=None, help="initialise from these weights (e.g. a pre-training run's checkpoint.safetensors; Table 14 fine-tuning)")
+    p.add_argument('--init', default=None, help="initialise from these weights (a checkpoint or state dict; Table 14)")
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--out', default=None, help="output folder (default runs/<step>-<size>-<regime>)")
-    p.add_argument('--resume', action='store_true', help="require a checkpoint in --out (resuming is automatic when one exists)")
-    p.add_argument('--fresh', action='store_true', help="ignore an existing checkpoint in --out")
-    p.add_argument('--cache', default=None, help="decoded-image cache folder (default $ILLAMA_CACHE or ~/.cache/illama)")
+    p.add_argument('--resume', action='store_true', help="require a checkpoint in --out (resuming is automatic)")
+    p.add_argument('--fresh', action='store_true', help="ignore (and then replace) a checkpoint in --out")
+    p.add_argument('--cache', default=None, help="decoded-image cache folder (default $ILLAMA_CACHE, ~/.cache/illama)")
     p.add_argument('--download', action='store_true', help="download the dataset if it is not found")
     return p
 
-def _fail(msg):
-    print(f"illama-train: error: {msg}", file=sys.stderr); sys.exit(2)
+def _fail(msg) -> int:
+    print(f"illama-train: error: {msg}", file=sys.stderr)
+    return 2
+
+def check_int(name: str, value, lo: int, hi: int):
+    "A `ValueError` naming `--name` unless `lo <= value <= hi` (None passes: the default applies)."
+    if value is not None and not lo <= value <= hi:
+        raise ValueError(f"--{name.replace('_', '-')}={value} is not allowed; it must be an integer in [{lo}, {hi}]")
+    return value
+
+# %% ../nbs/11_train.ipynb #b497fb1c
+def _args_recipe(a, step: str) -> Recipe:
+    "The recipe the arguments ask for: the step's (or `--recipe`) in the regime, with the overrides given."
+    for name, lo, hi in (('epochs', 1, MAX_EPOCHS), ('batch_size', 1, 1 << 20), ('nproc', 1, 4096), ('seed', 0, 10**6)):
+        check_int(name, getattr(a, name), lo, hi)
+    over = {} if a.batch_size is None else dict(batch_size=a.batch_size)
+    if a.precision is not None:
+        over['precision'] = check_precision(a.precision, 'cuda' if torch.cuda.is_available() else 'cpu')
+    if a.pipeline is not None: over['pipeline'] = check_choice('pipeline', a.pipeline, PIPELINES)
+    recipe = step_recipe(step, check_choice('size', a.size, tuple(SIZES)), a.regime, a.epochs, a.recipe, **over)
+    world = max(num_distrib(), a.nproc)
+    check_batch(recipe.batch_size, world)
+    if (recipe.mixup > 0 or recipe.cutmix > 0) and (recipe.batch_size // world) % 2:
+        raise ValueError(f"batch_size={recipe.batch_size} over nproc={world} gives an odd batch per process; "
+                         f"mixup needs it even")
+    return recipe
+
+def _check_data(a, recipe: Recipe):
+    "The dataset the recipe reads is there (or may be downloaded), with the right layout."
+    if recipe.dataset == 'imagenet':
+        scan_folder(find_data(a.data, download=a.download), recipe.max_per_class)
+        return
+    sub = {'cifar10': 'cifar-10-batches-py', 'cifar100': 'cifar-100-python'}[recipe.dataset]
+    croot = Path(a.data) if a.data else cache_dir() / recipe.dataset
+    if not a.download and not (croot / sub).is_dir():
+        raise ValueError(f"data={str(croot)!r} has no {sub}/; pass --download to fetch {recipe.dataset} "
+                         f"with torchvision")
 
 def _check_out(out: Path):
     "The output folder must be creatable and writable (checked by writing and removing a probe file)."
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / '.write_probe'; probe.write_text(''); probe.unlink()
+        probe = out / '.write_probe'
+        probe.write_text('')
+        probe.unlink()
     except OSError as e: raise ValueError(f"out={str(out)!r} is not writable ({e.strerror})")
 
-def main(argv=None):
-    "Entry point of `illama-train`."
+# %% ../nbs/11_train.ipynb #b497fb1d
+def default_out(step: str, size: str, regime: str) -> Path:
+    "`runs/<step>-<size>-<regime>`, the step's name reduced to letters, digits and underscores."
+    return Path('runs') / f"{''.join(c if c.isalnum() else '_' for c in step).strip('_')}-{size}-{regime}"
+
+def plan_from_args(a) -> Run:
+    "Check every argument (a `ValueError` names the first bad one) and plan the run they ask for."
+    step = get_step(a.step).name
+    check_choice('regime', a.regime, tuple(REGIMES))
+    recipe = _args_recipe(a, step)
+    _check_data(a, recipe)
+    if a.init and not Path(a.init).is_file(): raise ValueError(f"init={a.init!r} is not a file")
+    if a.cache: cache_dir(a.cache)
+    out = Path(a.out) if a.out else default_out(step, a.size, a.regime)
+    if a.resume and not (out / CKPT).exists(): raise ValueError(f"--resume but {str(out / CKPT)!r} does not exist")
+    run = plan_run(step, a.size, a.regime, a.seed, out, recipe, resume=False if a.fresh else None)
+    _check_out(out)
+    return run
+
+def _without_nproc(args: list) -> list:
+    "`args` without `--nproc N` or `--nproc=N`."
+    out, it = [], iter(args)
+    for x in it:
+        if x == '--nproc': next(it, None)
+        elif not x.startswith('--nproc='): out.append(x)
+    return out
+
+def _relaunch(argv, nproc: int) -> int:
+    "Run the same command under torchrun with `nproc` processes; its exit code."
+    args = _without_nproc(list(sys.argv[1:] if argv is None else argv))
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}',
+           '-m', 'illama.train']
+    return subprocess.call(cmd + args)
+
+# %% ../nbs/11_train.ipynb #b497fb1e
+def _summary(res: dict) -> str:
+    keys = ('step', 'top1', 'top5', 'train_loss', 'val_loss', 'epochs', 'wall_time_s', 'images_per_s',
+            'model_step_share')
+    return json.dumps({k: res[k] for k in keys})
+
+def main(argv=None) -> int:
+    "Entry point of `illama-train`: 0 when the run finished, 2 for bad input (one line, no traceback)."
     a = _parser().parse_args(argv)
-    try:
-        step = get_step(a.step).name
-        check_choice('regime', a.regime, tuple(REGIMES)); check_choice('size', a.size, tuple(SIZES))
-        if a.epochs is not None and a.epochs < 1: raise ValueError(f"epochs={a.epochs} must be >= 1")
-        if a.nproc < 1: raise ValueError(f"nproc={a.nproc} must be >= 1")
-        over = {} if a.batch_size is None else dict(batch_size=a.batch_size)
-        if a.precision is not None: over['precision'] = check_precision(a.precision, 'cuda' if torch.cuda.is_available() else 'cpu')
-        if a.pipeline is not None: over['pipeline'] = check_choice('pipeline', a.pipeline, PIPELINES)
-        recipe = step_recipe(step, a.size, a.regime, a.epochs, a.recipe, **over)
-        world = max(num_distrib(), a.nproc)
-        check_batch(recipe.batch_size, world)
-        if (recipe.mixup > 0 or recipe.cutmix > 0) and (recipe.batch_size // world) % 2:
-            raise ValueError(f"batch_size={recipe.batch_size} over nproc={world} gives an odd batch per process; mixup needs it even")
-        if recipe.dataset == 'imagenet': load_check = find_data(a.data, download=a.download)
-        else:
-            sub = {'cifar10': 'cifar-10-batches-py', 'cifar100': 'cifar-100-python'}[recipe.dataset]
-            croot = Path(a.data) if a.data else cache_dir() / recipe.dataset
-            if not a.download and not (croot / sub).is_dir():
-                raise ValueError(f"data={str(croot)!r} has no {sub}/; pass --download to fetch {recipe.dataset} with torchvision")
-        out = Path(a.out or f"runs/{''.join(c if c.isalnum() else '_' for c in step).strip('_')}-{a.size}-{a.regime}")
-        if a.resume and not (out / CKPT).exists(): raise ValueError(f"--resume but {str(out / CKPT)!r} does not exist")
-        if recipe.dataset == 'imagenet':
-            from illama.data import scan_folder
-            scan_folder(load_check, recipe.max_per_class)
-        if a.init and not Path(a.init).is_file(): raise ValueError(f"init={a.init!r} is not a file")
-        _check_out(out)
-    except ValueError as e: _fail(str(e))
-    if a.nproc > 1 and num_distrib() == 0:
-        args = [x for x in (argv if argv is not None else sys.argv[1:])]
-        i = args.index('--nproc') if '--nproc' in args else None
-        if i is not None: del args[i:i + 2]
-        args = [x for x in args if not x.startswith('--nproc=')]
-        cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={a.nproc}', '-m', 'illama.train', *args]
-        sys.exit(subprocess.call(cmd))
-    learn = train(step, a.size, a.regime, a.data, a.epochs, a.seed, out, resume=False if a.fresh else None,
-                  cache=a.cache, download=a.download, recipe=recipe if not (out / CKPT).exists() or a.fresh else None, init=a.init)
-    if rank_distrib() == 0:
-        r = learn.result
-        print(json.dumps({k: r[k] for k in ('step', 'top1', 'top5', 'train_loss', 'val_loss', 'epochs', 'wall_time_s',
-                                               'images_per_s', 'model_step_share')}))
-        print(f"results: {out / 'results.json'}")
-    return learn.result
+    try: run = plan_from_args(a)
+    except ValueError as e: return _fail(e)
+    if a.nproc > 1 and num_distrib() == 0: return _relaunch(argv, a.nproc)
+    try: learn = build_learner(run, a.data, a.cache, a.download, a.init)
+    except ValueError as e: return _fail(e)       # unreadable images, a checkpoint or init that does not fit
+    try: end = fit_run(learn, run)
+    except KeyboardInterrupt:
+        print(f"illama-train: interrupted; run the same command to resume from '{run.out / CKPT}'", file=sys.stderr)
+        return 130
+    res = finish_run(learn, run, end)
+    if rank_distrib() == 0: print(f"{_summary(res)}\nresults: {run.out / 'results.json'}")
+    return 0
 
 # %% ../nbs/11_train.ipynb #946c46e3
 #| eval: false
-if __name__ == '__main__': main()
+if __name__ == '__main__': sys.exit(main())

@@ -1,4 +1,4 @@
-"Training (issue 3): soft-mask callback, resume, DDP equivalence, data layout errors, CLI errors, a smoke run."
+"Training: soft-mask callback, resume, DDP equivalence (one machine and two c10d nodes), data layout errors, the CLI."
 import json, os, subprocess, sys, textwrap
 from pathlib import Path
 import pytest, torch
@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope='module')
 def ds(tmp_path_factory):
-    return fake_imagenet(tmp_path_factory.mktemp('data') / 'ds', n_classes=3, n_train=8, n_val=3)
+    return fake_imagenet(tmp_path_factory.mktemp('data') / 'ds', n_classes=3, n_train=8, n_val=3)   # 24 images
 
 def _recipe(**kw): return step_recipe('+ soft mask', 'tiny', 'smoke', **{'epochs': 2, 'batch_size': 8, **kw})
 
@@ -132,17 +132,44 @@ def test_cli_bad_input_exits_2(ds, tmp_path, capsys, args, msg):
     args = [a.format(tmp=tmp_path) for a in args]
     if '--data' not in args: args += ['--data', str(ds)]
     if '--out' not in args: args += ['--out', str(tmp_path / 'out')]
-    with pytest.raises(SystemExit) as e: main(['--regime', 'smoke', *args] if '--regime' not in args else args)
-    assert e.value.code == 2
+    assert main(['--regime', 'smoke', *args] if '--regime' not in args else args) == 2
     err = capsys.readouterr().err
     assert msg in err and err.count('\n') == 1, err
     assert not (tmp_path / 'out').exists() and not (tmp_path / 'fresh').exists()
 
-def test_cli_smoke_run_loss_falls(ds, tmp_path, capsys):
-    res = main(['--step', 'ViT', '--regime', 'smoke', '--data', str(ds), '--out', str(tmp_path / 'run'), '--cache', str(tmp_path / 'c'),
-                '--batch-size', '8', '--epochs', '6'])
+def test_cli_smoke_run_loss_falls_and_exits_0(ds, tmp_path):
+    "The installed command: exit 0, a one-line summary on stdout, nothing on stderr but progress, results.json."
+    cmd = [str(Path(sys.executable).with_name('illama-train')), '--step', 'ViT', '--regime', 'smoke', '--data', str(ds),
+           '--out', str(tmp_path / 'run'), '--cache', str(tmp_path / 'c'), '--batch-size', '8', '--epochs', '6']
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout.splitlines()[-2])['epochs'] == 6 and r.stdout.splitlines()[-1].startswith('results: ')
+    assert 'Warning' not in r.stderr and 'Traceback' not in r.stderr, r.stderr[-2000:]
+    res = json.loads((tmp_path / 'run' / 'results.json').read_text())
     h = res['history']
     assert len(h) == 6 and h[-1]['train_loss'] < h[0]['train_loss'] and h[-1]['valid_loss'] < h[0]['valid_loss']
-    r = json.loads((tmp_path / 'run' / 'results.json').read_text())
-    assert {'top1', 'top5', 'train_loss', 'val_loss', 'epochs', 'wall_time_s', 'images_per_s', 'seed', 'config', 'git'} <= set(r)
-    assert r['config']['model']['depth'] == 2 and r['config']['recipe']['epochs'] == 6
+    assert {'top1', 'top5', 'train_loss', 'val_loss', 'epochs', 'wall_time_s', 'images_per_s', 'seed', 'config',
+            'git_rev', 'status'} <= set(res)
+    assert res['config']['model']['depth'] == 2 and res['config']['recipe']['epochs'] == 6 and res['images_per_s'] > 0
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)     # a finished run: nothing to train
+    assert again.returncode == 0 and json.loads((tmp_path / 'run' / 'results.json').read_text())['images_per_s'] == \
+        pytest.approx(res['images_per_s'])
+
+NODE_SCRIPT_ARGS = ['--step', '+ soft mask', '--regime', 'smoke', '--epochs', '1', '--batch-size', '12']
+
+def test_two_c10d_nodes_train_like_one_process(tmp_path):
+    "The multi-node launch a user runs: two torchrun 'nodes' of one process each meet through c10d (gloo) and train."
+    import socket
+    ds = fake_imagenet(tmp_path / 'ds', n_classes=3, n_train=4, n_val=3)
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    base = [sys.executable, '-m', 'torch.distributed.run', '--nnodes', '2', '--nproc_per_node', '1', '--rdzv-backend',
+            'c10d', '--rdzv-endpoint', f'127.0.0.1:{port}', '--rdzv-id', 'illama-test', '-m', 'illama.train',
+            *NODE_SCRIPT_ARGS, '--data', str(ds), '--out', str(tmp_path / 'run'), '--cache', str(tmp_path / 'c')]
+    nodes = [subprocess.Popen(base, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [n.communicate(timeout=300) for n in nodes]
+    assert all(n.returncode == 0 for n in nodes), '\n'.join(o[1][-2000:] for o in outs)
+    res = json.loads((tmp_path / 'run' / 'results.json').read_text())
+    assert res['nproc'] == 2 and res['epochs'] == 1 and sum('results: ' in o[0] for o in outs) == 1   # rank 0 reports

@@ -1,0 +1,154 @@
+"""Bad input and faults, as a user meets them: every case exits 2 (or returns a clear error) with one message naming the
+parameter or file, shows no traceback, and leaves every earlier result exactly as it was."""
+import hashlib, json, os, shutil, subprocess, sys
+from pathlib import Path
+import pytest, torch
+from illama.data import fake_imagenet
+from illama.results import read_result, write_result, load_results
+from illama.train import main as train_main, step_recipe, load_init, read_checkpoint, CKPT
+from illama.workshop.repro import main as repro_main
+from illama.workshop.tables import render_table, result_path, get_rows
+
+SMOKE = ['--regime', 'smoke', '--epochs', '1', '--batch-size', '8']
+
+@pytest.fixture(scope='module')
+def world(tmp_path_factory):
+    "Datasets good and bad, a finished run (its checkpoint and result are the 'earlier results'), odd files."
+    t = tmp_path_factory.mktemp('faults')
+    w = dict(t=t, ds=fake_imagenet(t / 'ds', n_classes=3, n_train=4, n_val=2),
+             one=fake_imagenet(t / 'one', n_classes=1, n_train=12, n_val=2),
+             small=fake_imagenet(t / 'small', n_classes=3, n_train=1, n_val=1),
+             noval=fake_imagenet(t / 'noval', n_classes=2, n_train=4, n_val=1),
+             broken=fake_imagenet(t / 'broken', n_classes=3, n_train=4, n_val=2))
+    shutil.rmtree(w['noval'] / 'val')
+    img = w['broken'] / 'train' / 'n00000001' / 'img2.png'
+    img.write_bytes(img.read_bytes()[:70])
+    (t / 'notes.txt').write_text('not weights')
+    (t / 'afile').write_text('x')
+    w['run'] = t / 'run'
+    assert train_main(['--step', 'ViT', *SMOKE, '--data', str(w['ds']), '--out', str(w['run']), '--cache', str(t / 'c')]) == 0
+    w['ffn'] = t / 'ffn'
+    assert train_main(['--step', '+ LLaMA FFN', *SMOKE, '--data', str(w['ds']), '--out', str(w['ffn']),
+                       '--cache', str(t / 'c')]) == 0
+    trunc = t / 'trunc'
+    trunc.mkdir()
+    (trunc / CKPT).write_bytes((w['run'] / CKPT).read_bytes()[:5000])
+    return w
+
+def _snapshot(folder: Path) -> dict:
+    return {str(p): hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(Path(folder).rglob('*')) if p.is_file()}
+
+def _run_main(main, args, capsys) -> tuple[int, str]:
+    try: code = main(args)
+    except SystemExit as e: code = e.code            # argparse's own errors (a value of the wrong type)
+    err = capsys.readouterr().err
+    return code, err
+
+TRAIN_CASES = [   # (arguments, what the message must say)
+    (['--step', 'nope'], "step='nope' is not a roadmap step"),
+    (['--size', 'huge'], "size='huge' is not allowed"),
+    (['--regime', 'gpu'], "regime='gpu' is not allowed"),
+    (['--epochs', '0'], '--epochs=0 is not allowed'),
+    (['--epochs', '-1'], '--epochs=-1 is not allowed'),
+    (['--epochs', '100000000000'], '--epochs=100000000000 is not allowed'),
+    (['--epochs', 'ten'], "argument --epochs: invalid int value: 'ten'"),
+    (['--batch-size', '0'], '--batch-size=0 is not allowed'),
+    (['--batch-size', '-4'], '--batch-size=-4 is not allowed'),
+    (['--nproc', '0'], '--nproc=0 is not allowed'),
+    (['--seed', '-1'], '--seed=-1 is not allowed'),
+    (['--batch-size', '30', '--nproc', '4'], 'batch_size=30 is not divisible by nproc=4'),
+    (['--batch-size', '6', '--nproc', '2'], 'odd batch per process; mixup needs it even'),
+    (['--precision', 'half'], "precision='half' is not allowed"),
+    (['--pipeline', 'disk'], "pipeline='disk' is not allowed"),
+    (['--recipe', 'nope'], "recipe='nope' is not allowed"),
+    (['--data', '{t}/missing'], "data='{t}/missing' is not a folder"),
+    (['--data', '{t}/afile'], "data='{t}/afile' is not a folder"),
+    (['--data', '{noval}'], "has no val/ folder"),
+    (['--data', '{one}'], 'data has 1 class'),
+    (['--data', '{small}'], 'the train split has 3 images, fewer than one batch'),
+    (['--data', '{broken}'], "image '{broken}/train/n00000001/img2.png' cannot be decoded"),
+    (['--init', '{t}/none.pt'], "init='{t}/none.pt' is not a file"),
+    (['--init', '{t}/notes.txt'], "init='{t}/notes.txt' is not a checkpoint"),
+    (['--init', '{ffn}/checkpoint.safetensors'], "init='{ffn}/checkpoint.safetensors'"),
+    (['--cache', '{t}/afile'], "cache='{t}/afile' is a file"),
+    (['--out', '{t}/afile/sub'], "out='{t}/afile/sub' is not writable"),
+    (['--resume', '--out', '{t}/nothing'], '--resume but'),
+    (['--out', '{run}', '--seed', '7'], "holds a checkpoint of another run (seed: 0 (checkpoint) vs 7 (asked))"),
+    (['--out', '{run}', '--step', '+ LLaMA FFN'], "step: 'ViT' (checkpoint) vs '+ LLaMA FFN' (asked)"),
+    (['--out', '{t}/trunc'], "checkpoint '{t}/trunc/checkpoint.safetensors' cannot be read"),
+]
+
+@pytest.mark.parametrize('args,msg', TRAIN_CASES, ids=[' '.join(a)[:40] for a, _ in TRAIN_CASES])
+def test_illama_train_refuses(world, capsys, args, msg):
+    before = {k: _snapshot(world[k]) for k in ('run', 'ffn')}
+    f = {k: str(v) for k, v in world.items()}
+    args = [a.format(**f) for a in args]
+    if '--data' not in args: args += ['--data', f['ds']]
+    if '--out' not in args: args += ['--out', f"{f['t']}/out-{abs(hash(tuple(args)))}"]
+    args = [*SMOKE, *args] if '--epochs' not in args and '--batch-size' not in args else ['--regime', 'smoke', *args]
+    code, err = _run_main(train_main, args, capsys)
+    assert code == 2, err
+    assert msg.format(**f) in err and 'Traceback' not in err, err
+    assert err.strip().splitlines()[-1].startswith('illama-train: error: ')   # one line (argparse puts usage first)
+    assert before == {k: _snapshot(world[k]) for k in ('run', 'ffn')}  # earlier results untouched
+
+REPRO_CASES = [
+    (['table4'], "table='table4' is not allowed"),
+    (['table17', '--rows', 'ViT-22B'], "row 'ViT-22B' is not in table17"),
+    (['table17', 'table1', '--rows', 'ViT'], '--rows needs exactly one table'),
+    (['table17', '--regime', 'gpu'], "regime='gpu' is not allowed"),
+    (['table17', '--epochs', '-1'], '--epochs=-1 is not allowed'),
+    (['table17', '--epochs', '0'], '--epochs=0 is not allowed'),
+    (['table17', '--nproc', '0'], '--nproc=0 is not allowed'),
+    (['table17', '--seeds', '-3'], '--seeds -3 is not allowed'),
+    (['table17', '--timeout', '0'], '--timeout=0 is not allowed'),
+    (['table17', '--data', '{t}/missing'], "--data='{t}/missing' is not a folder"),
+    (['table17', '--root', '{t}/afile'], "--root='{t}/afile' is a file"),
+]
+
+@pytest.mark.parametrize('args,msg', REPRO_CASES, ids=[' '.join(a)[:40] for a, _ in REPRO_CASES])
+def test_illama_repro_refuses(world, tmp_path, capsys, args, msg):
+    spec = get_rows('table17', ['ViT'])[0]
+    earlier = write_result(result_path(tmp_path, 'smoke', spec, 0), dict(run_id=spec.run_id, seed=0, status='ok', top1=50.0))
+    before = _snapshot(tmp_path)
+    f = {k: str(v) for k, v in world.items()}
+    args = [a.format(**f) for a in args] + ([] if '--root' in args else ['--root', str(tmp_path)])
+    code, err = _run_main(repro_main, args, capsys)
+    assert code == 2 and msg.format(**f) in err and 'Traceback' not in err, err
+    assert _snapshot(tmp_path) == before and read_result(earlier)['top1'] == 50.0
+
+@pytest.mark.parametrize('content,why', [('{"status": "ok", "to', 'not a readable JSON file'),
+                                         ('[]', 'expected a JSON object, got list'),
+                                         ('{"status": "ok", "top1": null}', 'top1=None'),
+                                         ('{"status": "finished", "top1": 3}', "status='finished'")])
+def test_corrupt_results_are_named_in_the_tables(tmp_path, capsys, content, why):
+    "A corrupt result file is shown as corrupt (named, with the reason), the table still builds, and exit is 0."
+    spec = get_rows('table17', ['+ LPE'])[0]
+    for seed in (0, 1):
+        write_result(result_path(tmp_path, 'cpu', spec, seed), dict(run_id=spec.run_id, seed=seed, status='ok', top1=60. + seed))
+    bad = result_path(tmp_path, 'cpu', spec, 2)
+    bad.write_text(content)
+    assert repro_main(['tables', '--regime', 'cpu', '--root', str(tmp_path)]) == 0
+    md = (tmp_path / 'tables' / 'cpu' / 'table17.md').read_text()
+    assert f'**corrupt**: {bad}: {why}' in md and '| + LPE | 73.2 | 81.2 | 3.531 | 2.839 | 60.5 ± 0.7 |' in md
+    assert '1 corrupt result file(s) left out' in (tmp_path / 'tables' / 'cpu' / 'claims.md').read_text()
+    assert bad.read_text() == content                                  # the evidence stays as it was
+
+def test_the_installed_commands_exit_2_without_a_traceback(world, tmp_path):
+    "The console scripts themselves (not just `main`): exit code 2, one line, no Python warning or traceback."
+    bin_ = Path(sys.executable).parent
+    for cmd in ([bin_ / 'illama-train', '--epochs', '-1'], [bin_ / 'illama-repro', 'table17', '--epochs', '-1'],
+                [sys.executable, '-m', 'illama.train', '--batch-size', '0']):
+        r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert r.returncode == 2 and 'is not allowed' in r.stderr, r.stderr
+        assert 'Traceback' not in r.stderr and 'Warning' not in r.stderr and r.stderr.count('\n') == 1, r.stderr
+    r = subprocess.run([str(bin_ / 'illama-train'), '--help'], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stderr == '' and 'usage: illama-train' in r.stdout
+
+def test_python_api_refuses_clearly(world):
+    with pytest.raises(ValueError, match="regime='gpu' is not allowed"): step_recipe('ViT', regime='gpu')
+    with pytest.raises(ValueError, match="size='huge' is not allowed"): step_recipe('ViT', 'huge')
+    from illama.vit import create_roadmap_model
+    m = create_roadmap_model('ViT', **dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2, num_classes=3))
+    with pytest.raises(ValueError, match='is not a checkpoint'): load_init(m, world['t'] / 'notes.txt')
+    with pytest.raises(ValueError, match='cannot be read'): read_checkpoint(world['t'] / 'trunc' / CKPT)
