@@ -15,10 +15,11 @@ from ..data import write_text_atomic
 from ..results import load_results, fmt, mean_sd, signed, revision
 
 # %% auto #0
-__all__ = ['DEIT_MIXUP_CUTMIX', 'TABLES', 'TABLE_TITLES', 'PAPER_COLUMNS', 'REGIME_NOTES', 'PAPER_CHANCE', 'CLAIMS', 'RowSpec',
-           'get_rows', 'row_recipe', 'result_path', 'run_notebook_path', 'checkpoint_dir', 'summarize_row',
-           'status_cell', 'render_table', 'plot_soft_mask_curves', 'Claim', 'seed_sd', 'check_claim', 'render_claims',
-           'write_tables']
+__all__ = ['DEIT_MIXUP_CUTMIX', 'TABLES', 'TABLE_TITLES', 'PAPER_COLUMNS', 'REGIME_NOTES', 'PAPER_CHANCE', 'CLAIMS',
+           'ANALYSIS_CLAIMS', 'RowSpec', 'get_rows', 'row_recipe', 'result_path', 'run_notebook_path', 'checkpoint_dir',
+           'summarize_row', 'status_cell', 'render_table', 'plot_soft_mask_curves', 'Claim', 'pooled_sd', 'seed_sd',
+           'check_claim', 'analysis_path', 'read_analysis', 'MetricClaim', 'expect_sign', 'check_metric_claim',
+           'render_metric_claims', 'render_claims', 'write_tables']
 
 # %% ../../nbs/14_tables.ipynb #956d0d36
 def _slug(s): return re.sub(r'[^a-z0-9]+', '-', s.lower()).strip('-')
@@ -287,12 +288,17 @@ CLAIMS = [
 # %% ../../nbs/14_tables.ipynb #90021c47
 def _top1s(res, table, row): return [r['top1'] for r in _ok(res.get(get_rows(table, [row])[0].run_id, []))]
 
+def pooled_sd(groups) -> tuple[float | None, int, int]:
+    "Pooled sd of the groups with >= 2 values (df-weighted variances), how many such groups, and their df."
+    groups = [list(g) for g in groups if len(g) >= 2]
+    if not groups: return None, 0, 0
+    df = sum(len(g) - 1 for g in groups)
+    return math.sqrt(sum((len(g) - 1) * statistics.variance(g) for g in groups) / df), len(groups), df
+
 def seed_sd(res: dict) -> tuple[float | None, int]:
     "Pooled seed sd of top-1 over the run ids with >= 2 finished seeds (df-weighted variances), and how many there are."
-    groups = [xs for xs in ([r['top1'] for r in _ok(runs)] for runs in res.values()) if len(xs) >= 2]
-    if not groups: return None, 0
-    df = sum(len(xs) - 1 for xs in groups)
-    return math.sqrt(sum((len(xs) - 1) * statistics.variance(xs) for xs in groups) / df), len(groups)
+    sd, n, _ = pooled_sd([r['top1'] for r in _ok(runs)] for runs in res.values())
+    return sd, n
 
 def _verdict(c: Claim, delta: float, band: float, at_chance: bool) -> str:
     if at_chance: return 'holds: at chance' if delta <= band else f'not reproduced: {delta:.1f} points above chance'
@@ -310,6 +316,135 @@ def check_claim(c: Claim, res: dict, sigma: float | None, chance: float | None) 
     if sigma is None: return dict(out, verdict='no seed spread yet (no row has two seeds)')
     out['band'] = band = 2 * sigma * math.sqrt(1 / len(a) + (0 if b is None else 1 / len(b)))
     return dict(out, verdict=_verdict(c, delta, band, b is None))
+
+# %% ../../nbs/14_tables.ipynb #85669f98
+def analysis_path(root, regime: str, name: str) -> Path:
+    "Where analysis `name` (chapters 16–19) keeps its result for `regime`."
+    return Path(root) / 'results' / regime / 'analyses' / f'{name}.json'
+
+def read_analysis(root, regime: str, name: str) -> dict | None:
+    "The result of an analysis, or None when it was not run; an unreadable file is reported, never used."
+    p = analysis_path(root, regime, name)
+    if not p.exists(): return None
+    try: a = json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e: return dict(status='corrupt', error=f'{p}: {e}')
+    return a if isinstance(a, dict) else dict(status='corrupt', error=f'{p}: not a JSON object')
+
+@dataclass(frozen=True)
+class MetricClaim:
+    "A claim over an analysis metric: model `a` against model `b`, or with `b=None` against 0."
+    claim: str
+    analysis: str                 # results/<regime>/analyses/<analysis>.json
+    metric: str | tuple           # one metric, or (metric of a, metric of b)
+    a: str                        # a model label of that analysis, e.g. 'iLLaMA'
+    b: str | None = None
+    paper: float | None = None    # the paper's a − b; None where it gives no number
+    expect: int = 0               # the sign the paper claims where it gives no number (0: 'alike')
+    nd: int = 1                   # decimals of the differences
+
+    @property
+    def metrics(self) -> tuple: return self.metric if isinstance(self.metric, tuple) else (self.metric, self.metric)
+    @property
+    def sign(self) -> int: return expect_sign(self.paper, self.expect)
+
+def expect_sign(paper, expect) -> int: return expect if paper is None or paper == 0 else (1 if paper > 0 else -1)
+
+# %% ../../nbs/14_tables.ipynb #54ffb220
+_T4 = {sm: paper.TABLE4[('tiny', sm)] for sm in (True, False)}
+_T7 = {k: paper.TABLE7[k]['tiny'] for k in (('deit', '32-32'), ('illama', '32-32'), ('illama', '8-8'))}
+_NO_SM = 'iLLaMA, no soft mask'
+
+ANALYSIS_CLAIMS = [
+    MetricClaim('Table 4: the soft mask lowers the training loss', 'table4', 'train_loss', 'iLLaMA', _NO_SM,
+                paper=round(_T4[True]['train_loss'] - _T4[False]['train_loss'], 3), nd=3),
+    MetricClaim('Table 4: the soft mask lowers the test loss', 'table4', 'test_loss', 'iLLaMA', _NO_SM,
+                paper=round(_T4[True]['test_loss'] - _T4[False]['test_loss'], 3), nd=3),
+    MetricClaim("Fig. 4: iLLaMA's attention maps have a higher rank (layer 1, head 1)", 'rank', 'rank_l1h1', 'iLLaMA',
+                'ViT', paper=paper.FIG4['difference']),
+    MetricClaim("Fig. 11: ... and on average over every layer and head", 'rank', 'rank_mean', 'iLLaMA', 'ViT',
+                expect=1),
+    MetricClaim('Table 8: iLLaMA is better calibrated than a bidirectional ViT (paper: iLLaMA-B vs DeiT3-B)',
+                'calibration', 'ece', 'iLLaMA', 'ViT',
+                paper=round(paper.TABLE8['illama_base']['ece'] - paper.TABLE8['deit3_base']['ece'], 4), nd=4),
+    MetricClaim('beyond the paper: the soft mask and calibration', 'calibration', 'ece', 'iLLaMA', _NO_SM, nd=4),
+    MetricClaim('Table 7: 8-bit iLLaMA matches 32-bit ViT (paper: QAT iLLaMA-T vs DeiT-T)', 'quantization',
+                ('top1_qat8', 'top1_fp32'), 'iLLaMA', 'ViT',
+                paper=round(_T7[('illama', '8-8')] - _T7[('deit', '32-32')], 1)),
+    MetricClaim('Table 7: 8-bit QAT costs iLLaMA accuracy (8-8 − 32-32)', 'quantization', 'delta_qat8', 'iLLaMA',
+                paper=round(_T7[('illama', '8-8')] - _T7[('illama', '32-32')], 1)),
+    MetricClaim('beyond the paper: 8-bit post-training quantization, iLLaMA against ViT (change of top-1)',
+                'quantization', 'delta_ptq8', 'iLLaMA', 'ViT'),
+    MetricClaim("Fig. 10: iLLaMA's loss landscape is flatter than ViT's", 'landscape', 'sharpness', 'iLLaMA', 'ViT',
+                expect=-1, nd=3),
+    MetricClaim("Fig. 12: iLLaMA's Grad-CAM maps are like ViT's (their share on the central half of the image)",
+                'gradcam', 'centre_mass', 'iLLaMA', 'ViT', expect=0, nd=3),
+    MetricClaim('Table 18: selecting LLaMA2-7B weights into iLLaMA does not help', 'table18', 'top1',
+                'iLLaMA + weight selection', 'iLLaMA',
+                paper=round(paper.TABLE18['with weight selection']['tiny'] -
+                            paper.TABLE18['without weight selection']['tiny'], 1)),
+]
+
+# %% ../../nbs/14_tables.ipynb #b07c8a53
+def _values(an: dict, metric: str, model: str) -> list[float]:
+    return [v for v in (an.get('metrics', {}).get(metric, {}).get(model) or {}).values() if v is not None]
+
+def _metric_sigma(an: dict, c: MetricClaim) -> tuple[float | None, str]:
+    "σ of the claim's metric(s): pooled over the analysis's `pool` for it, else over its models."
+    groups, names = [], []
+    for m in dict.fromkeys(c.metrics):
+        pool = an.get('pool', {}).get(m)
+        groups += pool['groups'] if pool else [_values(an, m, k) for k in an.get('metrics', {}).get(m, {})]
+        names.append(pool['name'] if pool else f"the models of `{c.analysis}`")
+    sd, n, df = pooled_sd(groups)
+    return sd, f"{n} groups ({' and '.join(dict.fromkeys(names))}), {df} df"
+
+def _metric_verdict(c: MetricClaim, delta: float, band: float) -> str:
+    if abs(delta) <= band: return 'inside the seed spread'
+    if c.sign == 0: return 'outside the seed spread'
+    return 'holds' if (delta > 0) == (c.sign > 0) else 'reversed'
+
+# %% ../../nbs/14_tables.ipynb #e9a6ec7a
+def check_metric_claim(c: MetricClaim, an: dict | None) -> dict:
+    "Our difference for a metric claim, its 2σ band, σ and where σ comes from, and the verdict."
+    out = dict(claim=c.claim, paper=c.paper, n_a=0, n_b=None, delta=None, band=None, sigma=None, pool='')
+    if an is None: return dict(out, verdict='not run')
+    if an.get('status') != 'ok':
+        return dict(out, verdict=f"{an.get('status', 'failed')}: {an.get('error') or an.get('note') or ''}"[:160])
+    ma, mb = c.metrics
+    a, b = _values(an, ma, c.a), None if c.b is None else _values(an, mb, c.b)
+    out.update(n_a=len(a), n_b=None if b is None else len(b))
+    if not a or (b is not None and not b): return dict(out, verdict='not run')
+    out['delta'] = delta = statistics.mean(a) - (0.0 if b is None else statistics.mean(b))
+    out['sigma'], out['pool'] = sigma, pool = _metric_sigma(an, c)
+    if sigma is None: return dict(out, verdict='no seed spread yet (no model has two seeds)')
+    out['band'] = band = 2 * sigma * math.sqrt(1 / len(a) + (0 if b is None else 1 / len(b)))
+    return dict(out, verdict=_metric_verdict(c, delta, band))
+
+# %% ../../nbs/14_tables.ipynb #2f5dd154
+def _metric_claim_line(c: MetricClaim, v: dict) -> str:
+    ma, mb = c.metrics
+    rows = f"`{ma}`: {c.a} − {c.b or '0'}" + (f" (`{mb}`)" if mb != ma else '')
+    paper_d = signed(c.paper, c.nd) if c.paper is not None else {1: '? (> 0)', -1: '? (< 0)', 0: '? (alike)'}[c.sign]
+    band = '–' if v['band'] is None else f"±{v['band']:.{c.nd}f}"
+    sigma = '–' if v['sigma'] is None else f"{v['sigma']:.{c.nd + 1}f}: {v['pool']}"
+    n_b = '–' if v['n_b'] is None else v['n_b']
+    cells = [c.claim, rows, paper_d, signed(v['delta'], c.nd), band, sigma, f"{v['n_a']} / {n_b}", v['verdict']]
+    return '| ' + ' | '.join(cells) + ' |'
+
+def render_metric_claims(regime: str, root='experiments', claims=None) -> str:
+    "The markdown of the claims over the analyses of `regime` (chapters 16–19)."
+    cols = ['claim', 'metric: a − b', 'paper Δ', 'ours Δ', '2σ band', 'σ: pooled over', 'seeds a / b', 'verdict']
+    lines = [f"## The paper's analyses at this scale — regime `{regime}`", '', '| ' + ' | '.join(cols) + ' |',
+             '|---' * len(cols) + '|']
+    cache = {}
+    for c in claims or ANALYSIS_CLAIMS:
+        an = cache.setdefault(c.analysis, read_analysis(root, regime, c.analysis))
+        lines.append(_metric_claim_line(c, check_metric_claim(c, an)))
+    lines += ['', "σ is the pooled seed sd of each metric (df-weighted variances of groups of seeds), computed over the "
+              "pool its column names. Δ is inside the seed spread when |Δ| ≤ 2σ·√(1/nₐ + 1/n_b) (2σ/√nₐ against "
+              "0). '? (< 0)': the paper states a direction and no number. The metrics, the models and the paper's "
+              "setting behind each number are in chapters 16–19 and in each analysis's table.", '']
+    return '\n'.join(lines)
 
 # %% ../../nbs/14_tables.ipynb #4016614b
 def _chance(res):
@@ -342,7 +477,7 @@ def render_claims(regime: str, root='experiments', claims=None, res=None) -> str
             f"{PAPER_CHANCE} % for the paper (ImageNet-1K). Ours: {REGIME_NOTES.get(regime, regime)}; the paper's "
             f"differences come from its Tiny column.")
     lines += ['', note + (f" {n_bad} corrupt result file(s) left out (see the tables)." if n_bad else ''), '']
-    return '\n'.join(lines)
+    return '\n'.join(lines) + '\n' + render_metric_claims(regime, root)
 
 # %% ../../nbs/14_tables.ipynb #f658f63b
 def write_tables(regime: str, root='experiments', tables=None) -> list[Path]:
