@@ -153,11 +153,13 @@ def _parser():
     ap = argparse.ArgumentParser('illama-repro', allow_abbrev=False,
                                  description="Run rows of the paper's tables through their chapters (papermill) and "
                                              "write the tables.")
-    ap.add_argument('tables', nargs='+', help=f"tables to run: {', '.join(TABLES)}, 'all', or 'tables' (only rebuild "
-                                              f"the tables from the results)")
+    ap.add_argument('tables', nargs='+', help=f"tables to run: {', '.join(TABLES)}, 'all', 'tables' (only rebuild "
+                                              f"the tables from the results) or 'analyses' (chapters 16-19)")
     ap.add_argument('--rows', nargs='+', help='only these rows (names as in the table)')
+    ap.add_argument('--only', nargs='+', metavar='NAME', help='analyses: only these (default: all of them)')
+    ap.add_argument('--llama', help='analyses: a LLaMA checkpoint (Hugging Face layout) for weight_selection')
     ap.add_argument('--regime', default='cpu', help=f"one of {', '.join(REGIMES)} (default cpu)")
-    ap.add_argument('--seeds', nargs='+', type=int, default=[0])
+    ap.add_argument('--seeds', nargs='+', type=int, help='seeds (default: 0 for tables, 2 3 for analyses)')
     ap.add_argument('--data', help='dataset folder (default: $ILLAMA_DATA, then fastai\'s data folder)')
     ap.add_argument('--download', action='store_true', help='download Imagenette with fastai if no dataset is found')
     ap.add_argument('--epochs', type=int, help="override the regime's epochs")
@@ -172,7 +174,7 @@ def _check_numbers(a):
     if a.epochs is not None and not 1 <= a.epochs <= MAX_EPOCHS:
         raise ValueError(f'--epochs={a.epochs} is not allowed; it must be an integer in [1, {MAX_EPOCHS}]')
     if a.nproc < 1: raise ValueError(f'--nproc={a.nproc} is not allowed; it must be >= 1')
-    if bad := [s for s in a.seeds if not 0 <= s <= 10**6]:
+    if bad := [s for s in a.seeds or [] if not 0 <= s <= 10**6]:
         raise ValueError(f'--seeds {bad[0]} is not allowed; seeds are integers in [0, 1000000]')
     if a.timeout is not None and a.timeout < 1:
         raise ValueError(f'--timeout={a.timeout} is not allowed; it must be >= 1')
@@ -181,17 +183,28 @@ def _check_paths(a):
     root = Path(a.root)
     if root.exists() and not root.is_dir(): raise ValueError(f"--root={a.root!r} is a file; expected a folder")
     if a.data and not Path(a.data).is_dir(): raise ValueError(f'--data={a.data!r} is not a folder')
+    if a.llama and not Path(a.llama).exists():
+        raise ValueError(f'--llama={a.llama!r} does not exist; give a LLaMA checkpoint file or folder')
+
+def _check_analyses(a):
+    "`--only` and `--llama` name analyses, and only go with the `analyses` target."
+    if (a.only or a.llama) and 'analyses' not in a.tables:
+        raise ValueError("--only and --llama go with the 'analyses' target")
+    from illama.workshop.analyses import get_analysis
+    for name in a.only or []: get_analysis(name)
 
 def plan_rows(a) -> list[RowSpec]:
     "The rows the arguments ask for, every argument checked (a `ValueError` names the first bad one)."
     check_choice('regime', a.regime, tuple(REGIMES))
-    names = list(TABLES) if 'all' in a.tables else [t for t in a.tables if t != 'tables']
+    names = list(TABLES) if 'all' in a.tables else [t for t in a.tables if t not in ('tables', 'analyses')]
     for t in names:
         if t not in TABLES:
-            raise ValueError(f"table={t!r} is not allowed; choose one of {list(TABLES) + ['all', 'tables']}")
+            targets = list(TABLES) + ['all', 'tables', 'analyses']
+            raise ValueError(f"table={t!r} is not allowed; choose one of {targets}")
     if a.rows and len(names) != 1: raise ValueError('--rows needs exactly one table')
     _check_numbers(a)
     _check_paths(a)
+    _check_analyses(a)
     return [s for t in names for s in get_rows(t, a.rows)]
 
 # %% ../../nbs/15_repro.ipynb #47ab6df7
@@ -210,9 +223,13 @@ def main(argv=None) -> int:
         return 2
     failed = 0
     for s in specs:
-        for seed in a.seeds:
+        for seed in a.seeds or [0]:
             r = run_row(s, a.regime, seed, a.root, data, a.epochs, a.nproc, a.force, a.timeout)
             failed += r.get('status') != 'ok'
+    if 'analyses' in a.tables:
+        from illama.workshop.analyses import run_analyses, ANALYSIS_SEEDS
+        failed += run_analyses(a.only, a.regime, a.seeds or ANALYSIS_SEEDS, a.root, data, a.force, a.timeout,
+                               llama=str(Path(a.llama).resolve()) if a.llama else None)
     for p in write_tables(a.regime, a.root): print(f'wrote {p}')
     return 1 if failed else 0
 

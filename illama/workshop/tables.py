@@ -378,7 +378,7 @@ ANALYSIS_CLAIMS = [
                 expect=-1, nd=3),
     MetricClaim("Fig. 12: iLLaMA's Grad-CAM maps are like ViT's (their share on the central half of the image)",
                 'gradcam', 'centre_mass', 'iLLaMA', 'ViT', expect=0, nd=3),
-    MetricClaim('Table 18: selecting LLaMA2-7B weights into iLLaMA does not help', 'table18', 'top1',
+    MetricClaim('Table 18: selecting LLaMA2-7B weights into iLLaMA does not help', 'weight_selection', 'top1',
                 'iLLaMA + weight selection', 'iLLaMA',
                 paper=round(paper.TABLE18['with weight selection']['tiny'] -
                             paper.TABLE18['without weight selection']['tiny'], 1)),
@@ -440,8 +440,8 @@ def render_metric_claims(regime: str, root='experiments', claims=None) -> str:
     for c in claims or ANALYSIS_CLAIMS:
         an = cache.setdefault(c.analysis, read_analysis(root, regime, c.analysis))
         lines.append(_metric_claim_line(c, check_metric_claim(c, an)))
-    lines += ['', "σ is the pooled seed sd of each metric (df-weighted variances of groups of seeds), computed over the "
-              "pool its column names. Δ is inside the seed spread when |Δ| ≤ 2σ·√(1/nₐ + 1/n_b) (2σ/√nₐ against "
+    lines += ['', "σ is the pooled seed sd of each metric (df-weighted variances of groups of seeds), computed over "
+              "the pool its column names. Δ is inside the seed spread when |Δ| ≤ 2σ·√(1/nₐ + 1/n_b) (2σ/√nₐ against "
               "0). '? (< 0)': the paper states a direction and no number. The metrics, the models and the paper's "
               "setting behind each number are in chapters 16–19 and in each analysis's table.", '']
     return '\n'.join(lines)
