@@ -20,8 +20,9 @@ from .repro import run_row, run_lock, train_row, nbs_dir, failure_reason, _strip
 # %% auto #0
 __all__ = ['MODELS', 'ANALYSIS_SEEDS', 'ANALYSES', 'AUTHORS_RUNS', 'model_spec', 'checkpoint_done', 'trained_checkpoint',
            'load_model', 'trained_model', 'val_set', 'val_subset', 'denormalise', 'predict', 'top1', 'Analysis',
-           'get_analysis', 'write_analysis', 'render_analysis', 'run_analysis', 'run_analyses', 'authors_logs_dir',
-           'read_authors_log', 'soft_mask_dip', 'compute_table4', 'render_table4_md', 'plot_table4', 'render_table4']
+           'get_analysis', 'write_analysis', 'render_analysis', 'run_analysis', 'per_model', 'run_analyses',
+           'authors_logs_dir', 'read_authors_log', 'soft_mask_dip', 'compute_table4', 'render_table4_md', 'plot_table4',
+           'render_table4']
 
 # %% ../../nbs/16_analyses.ipynb #f44a35b1
 MODELS = {'ViT': ('table17', 'ViT'), 'iLLaMA': ('table17', '+ soft mask'),
@@ -168,11 +169,29 @@ def run_analysis(name: str, regime: str, seeds=ANALYSIS_SEEDS, data=None, root='
         res = old
     else:
         t0 = time.time()
-        res = get_analysis(name).functions()[0](regime, seeds=tuple(seeds), data=data, root=root, log=log, **kw)
+        res = get_analysis(name).functions()[0](regime, seeds=tuple(seeds), data=data, root=root, log=log, force=force,
+                                                **kw)
         res = {'analysis': name, 'regime': regime, 'status': 'ok', 'seeds': list(seeds), **res,
                'git_rev': git_revision(), 'wall_time_s': round(time.time() - t0, 1)}
         write_analysis(path, res)
     return dict(res, files=[str(p) for p in render_analysis(name, res, root, regime)])
+
+# %% ../../nbs/16_analyses.ipynb #ad0752c9
+def per_model(name: str, regime: str, root, models, seeds, fn, settings: str = '', force=False, log=print) -> dict:
+    "`{model: {seed: fn(model, seed)}}`, each part kept in a file as it finishes and reused unless `force`."
+    out = {}
+    for m in models:
+        for s in seeds:
+            p = (Path(root) / 'checkpoints' / regime / 'analyses' / name /
+                 f"{model_spec(m).run_id}__seed{s}{'__' + settings if settings else ''}.json")
+            if p.exists() and not force:
+                log(f'{name}: {m} seed {s} from {p.name}')
+                r = json.loads(p.read_text())
+            else:
+                r = fn(m, s)
+                write_text_atomic(p, json.dumps(r))
+            out.setdefault(m, {})[str(s)] = r
+    return out
 
 # %% ../../nbs/16_analyses.ipynb #668ea18d
 def _record_analysis_failure(name, regime, root, e, timeout) -> str:

@@ -14,7 +14,7 @@ from ..train import RECIPES, load_tensors, make_learner, lr_scheds, load_init
 from .. import paper
 from .tables import row_recipe, REGIME_NOTES
 from .analyses import (MODELS, model_spec, trained_model, trained_checkpoint, val_set, val_subset,
-                                      predict, top1)
+                                      predict, top1, per_model)
 
 # %% auto #0
 __all__ = ['ECE_BINS', 'QAT_IMAGES', 'QAT_LR', 'ece', 'reliability', 'ece_of_bins', 'calibration_of', 'compute_calibration',
@@ -53,11 +53,12 @@ def calibration_of(model, x: torch.Tensor, y: torch.Tensor) -> dict:
     return dict(top1=round(acc * 100, 3), ece=round(ece(p, y), 5), overconfidence=round(conf - acc, 5),
                 bins=reliability(p, y))
 
-def compute_calibration(regime: str, seeds=(2, 3), data=None, root='experiments', log=print, **kw) -> dict:
+def compute_calibration(regime: str, seeds=(2, 3), data=None, root='experiments', log=print, force=False,
+                        models=tuple(MODELS), **kw) -> dict:
     "Table 8 / Fig. 7: ECE and reliability of ViT, iLLaMA and iLLaMA without the soft mask, on the validation split."
     x, y = val_set(regime, data)
-    per = {m: {str(s): calibration_of(trained_model(m, regime, s, root, data, log), x, y) for s in seeds}
-           for m in MODELS}
+    def part(m, s): return calibration_of(trained_model(m, regime, s, root, data, log), x, y)
+    per = per_model('calibration', regime, root, models, seeds, part, f'n{len(y)}', force, log)
     metrics = {k: {m: {s: d[k] for s, d in v.items()} for m, v in per.items()}
                for k in ('ece', 'top1', 'overconfidence')}
     return dict(metrics=metrics, bins={m: {s: d['bins'] for s, d in v.items()} for m, v in per.items()},
@@ -182,12 +183,12 @@ def quantization_of(label, regime, seed, x, y, root, data, log, n_images) -> dic
                 delta_ptq8=round(ptq - fp, 3), delta_qat8=round(qat - fp, 3))
 
 def compute_quantization(regime: str, seeds=(2, 3), data=None, root='experiments', log=print, n_val=1000,
-                         n_images=None, **kw) -> dict:
+                         n_images=None, force=False, models=('ViT', 'iLLaMA'), **kw) -> dict:
     "Table 7: float32, PTQ and QAT 8-bit top-1 of ViT and iLLaMA on a fixed validation subset."
     n_images = n_images or QAT_IMAGES[regime]
     x, y, idx = val_subset(regime, n_val, data, seed=2)
-    per = {m: {str(s): quantization_of(m, regime, s, x, y, root, data, log, n_images) for s in seeds}
-           for m in ('ViT', 'iLLaMA')}
+    def part(m, s): return quantization_of(m, regime, s, x, y, root, data, log, n_images)
+    per = per_model('quantization', regime, root, models, seeds, part, f'n{len(idx)}-qat{n_images}', force, log)
     keys = next(iter(next(iter(per.values())).values()))
     return dict(metrics={k: {m: {s: d[k] for s, d in v.items()} for m, v in per.items()} for k in keys},
                 n_val=len(idx), qat=dict(images=n_images, lr=qat_recipe('iLLaMA', regime, n_images).lr,
@@ -260,11 +261,11 @@ def sharpness(surface: dict) -> float:
 
 # %% ../../nbs/18_robustness.ipynb #a6d6d076
 def compute_landscape(regime: str, seeds=(2, 3), data=None, root='experiments', log=print, n_images=128, steps=9,
-                      **kw) -> dict:
+                      force=False, models=('ViT', 'iLLaMA'), **kw) -> dict:
     "Fig. 10: the filter-normalised loss surface of ViT and iLLaMA around their trained weights, and its sharpness."
     x, y, idx = val_subset(regime, n_images, data, seed=3)
-    surf = {m: {str(s): loss_surface(trained_model(m, regime, s, root, data, log), x, y, steps) for s in seeds}
-            for m in ('ViT', 'iLLaMA')}
+    def part(m, s): return loss_surface(trained_model(m, regime, s, root, data, log), x, y, steps)
+    surf = per_model('landscape', regime, root, models, seeds, part, f'n{len(idx)}-g{steps}', force, log)
     metrics = dict(sharpness={m: {s: round(sharpness(v), 4) for s, v in d.items()} for m, d in surf.items()},
                    centre_loss={m: {s: v['loss'][steps // 2][steps // 2] for s, v in d.items()}
                                 for m, d in surf.items()})
