@@ -165,7 +165,7 @@ def qat_finetune(label: str, regime: str, seed: int, ck, data=None, n_images=Non
     learn.remove_cbs([c for c in learn.cbs if type(c).__name__ == 'ProgressCallback'])
     load_init(learn.model, ck)
     qat_prepare(learn.model)
-    learn.fit(recipe.epochs, cbs=[ParamScheduler(lr_scheds(recipe))])
+    with learn.no_logging(): learn.fit(recipe.epochs, cbs=[ParamScheduler(lr_scheds(recipe))])
     model = learn.model.eval()
     model.set_soft_mask_alpha(0.0)
     return qat_convert(model)
