@@ -244,22 +244,27 @@ def test_paper_numbers_come_from_chapter_9():
     with pytest.raises(AttributeError): get_step('ViT').paper = {}
 
 CHAIN = {'vit': 1, 'swiglu': 2, 'rmsnorm': 3, 'masks': 6, 'rope': 8, 'soft_mask': 10, 'models': 10}
-ROADMAP_JSON = "import json; from illama.vit import ROADMAP; print(json.dumps({k: s.arch for k, s in ROADMAP.items()}))"
+BARE = ("import importlib.util, sys, types\npkg = types.ModuleType('illama')\n"   # the package without its __init__
+        "pkg.__path__ = list(importlib.util.find_spec('illama').submodule_search_locations)\n"
+        "sys.modules['illama'] = pkg\n")
+
+def _roadmap_after_importing(module: str, bare: bool) -> dict:
+    "The roadmap (step: arch) after importing `illama.<module>` first in a fresh interpreter."
+    code = (BARE if bare else '') + f"import json, illama.{module}\nfrom illama.vit import ROADMAP\n" + \
+           "print(json.dumps({k: s.arch for k, s in ROADMAP.items()}))"
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(r.stdout)
+
+def test_importing_a_chapter_first_gives_the_whole_roadmap():
+    "`python -c 'import illama.soft_mask'`: the package's __init__ runs first, every step is there in order."
+    assert _roadmap_after_importing('soft_mask', bare=False) == {k: s.arch for k, s in ROADMAP.items()}
 
 @pytest.mark.parametrize('module', list(CHAIN))
-def test_each_chapter_registers_the_steps_it_builds_on(module):
-    """Importing a chapter's module first, in a fresh interpreter, gives the roadmap up to it in the paper's order:
-    with the package's __init__, all of it; with the module's own imports only, the chain of chapters it builds on."""
-    full = {k: s.arch for k, s in ROADMAP.items()}
-    bare = ("import importlib.util, sys, types\npkg = types.ModuleType('illama')\n"
-            "pkg.__path__ = list(importlib.util.find_spec('illama').submodule_search_locations)\n"
-            "sys.modules['illama'] = pkg\n")
-    for prefix, n in (('', len(PAPER_ORDER)), (bare, CHAIN[module])):
-        r = subprocess.run([sys.executable, '-c', f"{prefix}import illama.{module}\n{ROADMAP_JSON}"],
-                           capture_output=True, text=True, cwd=ROOT, timeout=300)
-        assert r.returncode == 0, r.stderr[-2000:]
-        got = json.loads(r.stdout)
-        assert list(got) == PAPER_ORDER[:n] and got == {k: full[k] for k in PAPER_ORDER[:n]}, (module, bool(prefix))
+def test_each_chapter_imports_the_steps_it_builds_on(module):
+    "A chapter's own imports (no package __init__) register the chain of steps it builds on, in the paper's order."
+    got, n = _roadmap_after_importing(module, bare=True), CHAIN[module]
+    assert list(got) == PAPER_ORDER[:n] and got == {k: ROADMAP[k].arch for k in PAPER_ORDER[:n]}, module
 
 @pytest.mark.skipif(not TABLES.exists(), reason='../shared/papers/illama_tables.json not beside the checkout')
 def test_paper_numbers_match_the_transcribed_tables():
