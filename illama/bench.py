@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 import timm
 import illama.models                                    # registers illama_* with timm
-from .fast_attention import attention_impl
+from .vit import use_kernels
 
 # %% auto #0
 __all__ = ['SIZES', 'VARIANTS', 'PAPER_KEYS', 'TABLES', 'NAMES', 'paper_throughput', 'build', 'impl_of', 'interleaved',
@@ -45,7 +45,7 @@ def build(variant: str, size: str, img_size: int = 224, device='cpu', num_classe
 
 def impl_of(variant: str):
     "The attention implementation a variant runs with (a context manager): the default `'auto'`, or the plain reference."
-    return attention_impl('reference' if variant == 'illama_ref' else 'auto')
+    return use_kernels("reference" if variant == "illama_ref" else "auto")
 
 # %% ../nbs/08_benchmark.ipynb #24b3e40b
 def _sync(device):

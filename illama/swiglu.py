@@ -30,5 +30,4 @@ class SwiGLU(nn.Module):
     def forward(self, x): return self.fc2(F.silu(self.fc1(x)) * self.fc3(x))
 
 # %% ../nbs/01_swiglu.ipynb #3c8bf175
-add_step('+ LLaMA FFN', 'ViT', arch=dict(ffn='swiglu'), tables=('table17',),
-         paper=dict(tiny=74.3, tiny_train_loss=3.407, base=82.0, base_train_loss=2.724), aliases=('swiglu', '+ swiglu'))
+add_step('+ LLaMA FFN', 'ViT', arch=dict(ffn='swiglu'), tables=('table17',), aliases=('swiglu', '+ swiglu'))
