@@ -4,9 +4,10 @@
 
 # %% ../nbs/06_illama.ipynb #e1d53c09
 from __future__ import annotations
+import argparse
 import torch
 import torch.nn as nn
-from timm.models import register_model, build_model_with_cfg
+from timm.models import register_model, build_model_with_cfg, resolve_pretrained_cfg
 from timm.models._registry import generate_default_cfgs
 from . import soft_mask   # the whole roadmap: each chapter imports the one it builds on
 from .kernels import counted_macs
@@ -14,8 +15,8 @@ from .paper import TABLE11
 from .vit import Illama, SIZES, create_roadmap_model, resample_pos_embed, roadmap_config
 
 # %% auto #0
-__all__ = ['default_cfgs', 'checkpoint_filter_fn', 'illama_tiny', 'illama_small', 'illama_base', 'illama_large', 'count_params',
-           'count_macs', 'family_table']
+__all__ = ['HUB_ID', 'RELEASED', 'default_cfgs', 'checkpoint_filter_fn', 'illama_tiny', 'illama_small', 'illama_base',
+           'illama_large', 'count_params', 'count_macs', 'family_table']
 
 # %% ../nbs/06_illama.ipynb #35313d71
 def checkpoint_filter_fn(state_dict: dict, model: Illama) -> dict:
@@ -38,21 +39,65 @@ def checkpoint_filter_fn(state_dict: dict, model: Illama) -> dict:
             v = resample_pos_embed(v, model.cfg.grid_size, (s, s), model.cfg.cls_pos)
         if k.startswith('head.') and k in own and v.shape != own[k].shape: continue
         out[k] = v
-    return out
+    return _check_fits(out, own)
+
+def _check_fits(sd: dict, own: dict) -> dict:
+    "`sd` if its keys and shapes fit the model's state dict `own` (a head may be missing: it is re-initialised)."
+    missing = [k for k in own if k not in sd and not k.startswith('head.')]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [f'{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}' for k in sd if k in own and sd[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        raise ValueError(f"the checkpoint does not fit this model: missing {missing[:3]}, unexpected {unexpected[:3]}, "
+                         f"other shapes {shapes[:3]}")
+    return sd
 
 # %% ../nbs/06_illama.ipynb #7e12d662
 def _cfg(**kw):
-    return dict(url='', num_classes=1000, input_size=(3, 224, 224), pool_size=None, crop_pct=0.9,
-                interpolation='bicubic', mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-                first_conv='patch_embed.proj', classifier='head', **kw)
+    return {**dict(url='', num_classes=1000, input_size=(3, 224, 224), pool_size=None, crop_pct=0.9,
+                   interpolation='bicubic', mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                   first_conv='patch_embed.proj', classifier='head'), **kw}
 
-default_cfgs = generate_default_cfgs({f'illama_{s}.untrained': _cfg() for s in SIZES})
+HUB_ID = 'techmonsterwang/iLLaMA'
+RELEASED = {  # the authors' checkpoints (Table 6): tag -> file on the hub
+    'illama_tiny.in1k': 'illama-tiny-in1k-75.0.pth',
+    'illama_small.in1k': 'illama-small-in1k-79.9.pth',
+    'illama_base.in1k': 'illama-base-in1k-81.6.pth',
+    'illama_base.in1k_384': 'illama-base-in1k-384-83.0.pth',
+    'illama_base.in21k_ft_in1k': 'illama-base-in21kin1k-224-83.6.pth',
+    'illama_base.in21k_ft_in1k_384': 'illama-base-in21kin1k-384-85.0.pth',
+    'illama_large.in21k_ft_in1k': 'illama-large-in21kin1k-224-84.8.pth',
+    'illama_large.in21k_ft_in1k_384': 'illama-large-in21kin1k-384-86.0.pth',
+}
+
+def _released_cfg(file: str) -> dict:
+    "A released file's cfg: at 384², the input size and a resize without a crop; at 224², crop_pct 0.875."
+    big = '-384-' in file
+    return _cfg(hf_hub_id=HUB_ID, hf_hub_filename=file, input_size=(3, 384, 384) if big else (3, 224, 224),
+                crop_pct=1.0 if big else 0.875, crop_mode='squash' if big else 'center', fixed_input_size=True,
+                paper_ids='arXiv:2404.06773', paper_name='Adapting LLaMA Decoder to Vision Transformer')
+
+default_cfgs = generate_default_cfgs({**{t: _released_cfg(f) for t, f in RELEASED.items()},
+                                      **{f'illama_{s}.untrained': _cfg() for s in SIZES}})
+
+# %% ../nbs/06_illama.ipynb #29a524ad
+def _weights_source(size: str, kwargs: dict) -> str:
+    "Where the weights of a `pretrained=True` build come from, for messages: the local file, or the hub's."
+    cfg = resolve_pretrained_cfg(f'illama_{size}', kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
+    if cfg.file or cfg.hf_hub_id: return repr(cfg.file or f'{cfg.hf_hub_id}/{cfg.hf_hub_filename}')
+    return f'of illama_{size}.{cfg.tag} (none released; give a file with pretrained_cfg_overlay=dict(file=...))'
 
 def _create_illama(size, pretrained=False, **kwargs):
     arch = roadmap_config('+ soft mask', size).to_dict()
+    arch.pop('img_size')                           # from the tag's input size (384 for the 384 tags), or img_size=
     out_indices = kwargs.pop('out_indices', 3)     # features_only: the last three blocks, as timm's ViTs
-    return build_model_with_cfg(Illama, f'illama_{size}', pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-                                feature_cfg=dict(out_indices=out_indices, feature_cls='getter'), **{**arch, **kwargs})
+    def build():
+        return build_model_with_cfg(Illama, f'illama_{size}', pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+                                    feature_cfg=dict(out_indices=out_indices, feature_cls='getter'), **{**arch, **kwargs})
+    if not pretrained: return build()
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]): return build()   # the authors' files hold args
+    except (ValueError, RuntimeError) as e:
+        raise ValueError(f"weights {_weights_source(size, kwargs)}: {str(e).strip().splitlines()[0]}") from e
 
 @register_model
 def illama_tiny(pretrained=False, **kwargs) -> Illama:
