@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from . import kernels
 from . import rmsnorm   # registers '+ LLaMA Norm', the step this chapter's steps build on
-from .vit import ATTN_MODES, add_step, runs_materialised, softmax_attention
+from .vit import ATTN_MODES, add_step, kernel_choice, runs_materialised, softmax_attention
 
 # %% auto #0
 __all__ = ['causal_mask', 'soft_mask', 'attention_reference', 'AttentionMask', 'causal_attention_mask',
@@ -59,6 +59,13 @@ class AttentionMask:
             s = self.dense(q.device, torch.promote_types(q.dtype, torch.float32))
             return attention_reference(q, k, v, s, self.kind)
         return self.attend_fused(q, k, v)
+
+    def attend_row(self, q, k, v, i: int):
+        "Row `i` alone, for its query `q` (B, heads, 1, d) over all keys: Eq. 1 / Eq. 2 on one row."
+        whole = self.alpha == 1 or i == self.cls_row or i % self.n == self.n - 1   # S's row i is all ones
+        if whole and kernel_choice() != 'reference': return F.scaled_dot_product_attention(q, k, v)
+        s = self.dense(q.device, torch.promote_types(q.dtype, torch.float32))[i:i + 1]
+        return attention_reference(q, k, v, s, self.kind)
 
     def attend_fused(self, q, k, v):
         "The cheapest exact computation for this mode, kind and α on fused kernels: no n×n scores."

@@ -123,13 +123,15 @@ def illama_large(pretrained=False, **kwargs) -> Illama:
 def count_params(model: nn.Module) -> int: return sum(p.numel() for p in model.parameters())
 
 def count_macs(model: nn.Module, img_size=None, in_chans: int = 3, batch: int = 1) -> int:
-    "Multiply-accumulates of one forward pass of any image model (chapter 7's counter); `img_size` defaults to its own."
+    "MACs of one full forward pass (every token through every block) of any timm-style image model (chapter 7's "
+    "counter); `img_size` defaults to the model's own."
     p = next(model.parameters())
     cfg = getattr(model, 'cfg', None)
     if img_size is None: img_size = cfg.img_size if cfg is not None else 224
     in_chans = cfg.in_chans if cfg is not None else in_chans
     h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
-    return counted_macs(model, torch.zeros(batch, in_chans, h, w, device=p.device, dtype=p.dtype))
+    full = (lambda x: model.forward_head(model.forward_features(x))) if hasattr(model, 'forward_head') else model
+    return counted_macs(full, torch.zeros(batch, in_chans, h, w, device=p.device, dtype=p.dtype))
 
 def family_table(sizes=tuple(SIZES), device='meta'):
     "Rows of (size, params (M), paper params, MACs (G), paper MACs) for the family at 224², 1000 classes."

@@ -227,14 +227,20 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x, mask=None, rope=None):
+    def forward(self, x, mask=None, rope=None, query=None):
+        "Every token's output; with `query` (a token index), that token's alone: the others serve as keys and values."
         B, N, C = x.shape
         qkv = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0) if rope is None else rope(qkv)   # rope: chapter 4
-        if mask is not None: x = mask.attend(q, k, v)                 # causal and soft masks: chapter 3
+        if query is not None:                                          # one query row, over every key
+            q = q[:, :, query:query + 1]
+            if mask is not None: x = mask.attend_row(q, k, v, query)
+            elif kernel_choice() == 'reference': x = softmax_attention(q, k, v)
+            else: x = F.scaled_dot_product_attention(q, k, v)
+        elif mask is not None: x = mask.attend(q, k, v)                 # causal and soft masks: chapter 3
         elif runs_materialised(q): x = softmax_attention(q, k, v)      # as written
         else: x = F.scaled_dot_product_attention(q, k, v)              # fused (chapter 7): no n×n tensor
-        return self.proj(x.transpose(1, 2).reshape(B, N, C))
+        return self.proj(x.transpose(1, 2).reshape(B, q.shape[2], C))
 
 # %% ../nbs/00_vit.ipynb #f709ae63
 class Block(nn.Module):
@@ -248,9 +254,14 @@ class Block(nn.Module):
         self.mlp = ffn(cfg.embed_dim, cfg.mlp_ratio)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x, mask=None, rope=None):
-        x = x + self.drop_path(self.attn(self.norm1(x), mask, rope))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+    def forward(self, x, mask=None, rope=None, query=None):
+        h = self.drop_path(self.attn(self.norm1(x), mask, rope, query))
+        x = _residual(x if query is None else x[:, query:query + 1], h)
+        return _residual(x, self.drop_path(self.mlp(self.norm2(x))))
+
+def _residual(x, h):
+    "x + h: into `h` (the branch's fresh output) when nothing is differentiated, else a new tensor for autograd."
+    return x + h if torch.is_grad_enabled() else h.add_(x)
 
 # %% ../nbs/00_vit.ipynb #fc896082
 @ATTN_MODES.register('bidirectional')
@@ -350,7 +361,13 @@ class Illama(nn.Module):
         x = x[:, self.cls_index]
         return x if pre_logits else self.head(x)
 
-    def forward(self, x): return self.forward_head(self.forward_features(x))
+    def forward(self, x):
+        "Logits: `forward_head(forward_features(x))`, with only the class token's output computed in the last block."
+        x = self.tokens(x)
+        mask = self.attention_mask(x.shape[1])
+        for blk in self.blocks[:-1]: x = blk(x, mask, self.rope)
+        x = self.blocks[-1](x, mask, self.rope, query=self.cls_index)    # (B, 1, C): the class token
+        return self.head(self.norm(x)[:, 0])
 
     def forward_intermediates(self, x, indices=None, return_prefix_tokens: bool = False, norm: bool = False,
                               stop_early: bool = False, output_fmt: str = 'NCHW', intermediates_only: bool = False):

@@ -115,7 +115,8 @@ def test_timm_registry_default_is_illama_tiny():
     m = timm.create_model('illama_tiny')
     assert abs(illama.count_params(m) - 5.7e6) / 5.7e6 < 0.01
     assert m.cfg.to_dict() == illama.roadmap_config('+ soft mask', 'tiny').to_dict()
-    with pytest.raises(RuntimeError): timm.create_model('illama_tiny', pretrained=True)   # no weights are downloaded
+    assert m.pretrained_cfg['tag'] == 'in1k' and m.pretrained_cfg['hf_hub_filename'] == 'illama-tiny-in1k-75.0.pth'
+    with pytest.raises(ValueError, match='none released'): timm.create_model('illama_tiny.untrained', pretrained=True)
 
 @pytest.mark.parametrize('cls_pos', ['first', 'last'])
 def test_features_only_through_timm(cls_pos):
