@@ -10,9 +10,10 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count, sdpa_backward_flop_count
 
 # %% auto #0
-__all__ = ['MATERIALISE_MAX_N', 'sdpa_lse', 'sdpa_lse_backward', 'post_softmax_attention_op', 'post_softmax_attention_backward',
-           'flop_formulas', 'post_softmax_sdpa', 'post_softmax_attention', 'materialise', 'rotate_qk',
-           'RMSNormFunction', 'rms_norm', 'table2_flops', 'causal_needed_macs', 'counted_macs']
+__all__ = ['MATERIALISE_MAX_N', 'CHUNK_MAX_N', 'CHUNK_BYTES', 'sdpa_lse', 'sdpa_lse_backward', 'post_softmax_attention_op',
+           'post_softmax_attention_backward', 'flop_formulas', 'post_softmax_sdpa', 'post_softmax_attention',
+           'materialise', 'chunk_inference', 'post_softmax_chunked', 'rotate_qk', 'RMSNormFunction', 'rms_norm',
+           'table2_flops', 'causal_needed_macs', 'counted_macs']
 
 # %% ../nbs/07_kernels.ipynb #6b07fa25
 _aten = torch.ops.aten
@@ -108,6 +109,12 @@ def flop_formulas() -> dict:
             _aten._scaled_dot_product_flash_attention_for_cpu_backward: _sdpa_backward_flops}
 
 # %% ../nbs/07_kernels.ipynb #9334aee1
+def _soft_mask(n, alpha, cls_row, device, dtype):
+    "S = αB + (1-α)C of Eq. 2, row `cls_row` unmasked: chapter 3's `soft_mask`, rebuilt here (this module is a leaf)."
+    c = torch.ones(n, n, dtype=torch.bool, device=device).tril()
+    if cls_row is not None: c[cls_row] = True
+    return alpha + (1 - alpha) * c.to(dtype)
+
 def post_softmax_sdpa(q, k, v, s):
     "Eq. 2 as one fused SDPA over 2N keys for the (n, n) mask `s`: keys [K; K], values [V; 0], mask [log S | log(1-S)]."
     s = s.to(device=q.device, dtype=torch.float32)
@@ -127,6 +134,26 @@ def materialise(q) -> bool:
     "Per-shape rule of 'auto': the n×n product is faster on the CPU at n ≤ MATERIALISE_MAX_N, training or in bf16/fp16."
     return (q.device.type == 'cpu' and q.shape[-2] <= MATERIALISE_MAX_N
             and ((q.requires_grad and torch.is_grad_enabled()) or q.dtype in (torch.bfloat16, torch.float16)))
+
+CHUNK_MAX_N = 640            # 'auto' runs float32 CPU inference of Eq. 2 in cache-sized chunks up to this many tokens
+CHUNK_BYTES = 2 ** 21        # the probabilities of one chunk: about one core's L2 cache
+
+def chunk_inference(q) -> bool:
+    "Per-shape rule of 'auto' for Eq. 2 without autograd: float32 on the CPU at n ≤ CHUNK_MAX_N, in chunks."
+    return (q.device.type == 'cpu' and q.dtype == torch.float32 and q.shape[-2] <= CHUNK_MAX_N
+            and not (q.requires_grad and torch.is_grad_enabled()))
+
+def post_softmax_chunked(q, k, v, alpha: float = 0.0, cls_row: int | None = None):
+    "Exact Eq. 2, `(softmax(q kᵀ/√d) ⊙ S) v`, no autograd: a few images at a time, each chunk's n×n kept in cache."
+    B, H, N, D = q.shape
+    per = max(1, CHUNK_BYTES // (H * N * N * q.element_size()))
+    s = None if alpha == 0 and cls_row is None else _soft_mask(N, alpha, cls_row, q.device, q.dtype)
+    out = []
+    for b in range(0, B, per):
+        qb, kb, vb = q[b:b + per], k[b:b + per], v[b:b + per]
+        p = torch.softmax((qb @ kb.transpose(-2, -1)).mul_(D ** -0.5), -1)
+        out.append((p.tril_() if s is None else p.mul_(s)) @ vb)
+    return torch.cat(out)
 
 # %% ../nbs/07_kernels.ipynb #43181670
 def rotate_qk(qk, cos, sin):
