@@ -45,7 +45,8 @@ def _check_fits(sd: dict, own: dict) -> dict:
     "`sd` if its keys and shapes fit the model's state dict `own` (a head may be missing: it is re-initialised)."
     missing = [k for k in own if k not in sd and not k.startswith('head.')]
     unexpected = [k for k in sd if k not in own]
-    shapes = [f'{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}' for k in sd if k in own and sd[k].shape != own[k].shape]
+    shapes = [f'{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}'
+              for k in sd if k in own and sd[k].shape != own[k].shape]
     if missing or unexpected or shapes:
         raise ValueError(f"the checkpoint does not fit this model: missing {missing[:3]}, unexpected {unexpected[:3]}, "
                          f"other shapes {shapes[:3]}")
@@ -92,7 +93,8 @@ def _create_illama(size, pretrained=False, **kwargs):
     out_indices = kwargs.pop('out_indices', 3)     # features_only: the last three blocks, as timm's ViTs
     def build():
         return build_model_with_cfg(Illama, f'illama_{size}', pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-                                    feature_cfg=dict(out_indices=out_indices, feature_cls='getter'), **{**arch, **kwargs})
+                                    feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
+                                    **{**arch, **kwargs})
     if not pretrained: return build()
     try:
         with torch.serialization.safe_globals([argparse.Namespace]): return build()   # the authors' files hold args
