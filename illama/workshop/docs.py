@@ -633,9 +633,9 @@ def module_layers(pkg=None) -> list[dict]:
 # %% ../../nbs/90_docs.ipynb #e4f0a2c8
 def architecture_table(pkg=None) -> str:
     "`module_layers` as a markdown table: layer, module, chapter, the package modules it imports."
-    short = lambda m: m.removeprefix('illama.')
+    short = lambda m: m.removeprefix('illama.')          # plain text: nbdev would link `train` to the function
     rows = [f"| {r['layer']} | `{r['module']}` | [{r['chapter']}]({r['chapter']}.ipynb) | "
-            f"{', '.join(f'`{short(i)}`' for i in r['imports']) or '–'} |" for r in module_layers(pkg)]
+            f"{', '.join(map(short, r['imports'])) or '–'} |" for r in module_layers(pkg)]
     return '\n'.join(['| layer | module | chapter | imports (from the package) |', '|---|---|---|---|', *rows])
 
 # %% ../../nbs/90_docs.ipynb #4d6eb1fa
