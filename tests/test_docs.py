@@ -140,7 +140,7 @@ return {
 
 
 @pytest.fixture(scope='module')
-def pages(site, server, browser):
+def pages(browser, site, server):
     "Load the home page and every page of the sidebar; record what the checks need; save a screenshot of each."
     shots = Path(os.environ.get('ILLAMA_DOCS_SCREENSHOTS') or site.parent / 'screenshots')
     shots.mkdir(parents=True, exist_ok=True)
