@@ -122,7 +122,9 @@ def illama_large(pretrained=False, **kwargs) -> Illama:
     return _create_illama('large', pretrained, **kwargs)
 
 # %% ../nbs/06_illama.ipynb #e4db150c
-def count_params(model: nn.Module) -> int: return sum(p.numel() for p in model.parameters())
+def count_params(model: nn.Module) -> int:
+    "The number of parameters of `model`."
+    return sum(p.numel() for p in model.parameters())
 
 def count_macs(model: nn.Module, img_size=None, in_chans: int = 3, batch: int = 1) -> int:
     "MACs of one full forward pass (every token through every block) of any timm-style image model (chapter 7's "

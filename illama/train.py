@@ -21,6 +21,7 @@ with warnings.catch_warnings():   # fastai and pandas warn about their own depre
     from fastai.optimizer import OptimWrapper
     from fastai.torch_core import rank_distrib, num_distrib, set_seed
     from fastai.distributed import DistributedDL
+from fastcore.basics import noop
 from fastcore.foundation import L
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
@@ -184,9 +185,13 @@ class RecipeLoss(nn.Module):
 
 def _top_k(pred, targ, k=1):   # in percent, like the paper's tables
     return (pred.topk(min(k, pred.shape[-1]), -1).indices == targ[:, None]).any(-1).float().mean() * 100
-def top_k_metric(k: int): return AccumMetric(partial(_top_k, k=k), flatten=False, name=f'top{k}')
+def top_k_metric(k: int):
+    "Top-k accuracy (%) as a fastai metric, gathered over processes."
+    return AccumMetric(partial(_top_k, k=k), flatten=False, name=f'top{k}')
 def _ce(pred, targ): return F.cross_entropy(pred.float(), targ)
-def val_ce_metric(): return AccumMetric(_ce, flatten=False, name='val_ce')   # exact over processes, unlike valid_loss
+def val_ce_metric():
+    "Validation cross-entropy as a fastai metric: exact over processes, unlike `valid_loss`."
+    return AccumMetric(_ce, flatten=False, name='val_ce')
 
 # %% ../nbs/11_train.ipynb #eed79731
 def _unwrap(m): return getattr(m, 'module', m)
@@ -574,7 +579,9 @@ def fit_run(learn, run: Run, stop_after: int | None = None, quiet: bool = False)
            CheckpointCallback(run.out, meta, run.history, run.t0)]
     if run.smooth_loss: cbs.append(RestoreSmoothLoss(run.smooth_loss))
     if run.freeze_epochs: cbs.append(FreezeBody(run.freeze_epochs, run.start))
-    if quiet: learn.remove_cbs([c for c in learn.cbs if type(c).__name__ == 'ProgressCallback'])
+    if quiet:   # no progress bar and no epoch table on stdout (the history is in the checkpoint and results)
+        learn.remove_cbs([c for c in learn.cbs if type(c).__name__ == 'ProgressCallback'])
+        learn.logger = noop
     if end > run.start: _fit(learn, end - run.start, cbs)
     run.history = cbs[1].history
     return end

@@ -270,7 +270,9 @@ def bidirectional_mask(n, cls_idx=0, kind='post_softmax', alpha=1.0):
     return None
 
 @ROPES.register('none')
-def no_rope(cfg, grid): return None
+def no_rope(cfg, grid):
+    "No rotary embedding: the ViT's choice (chapter 4 adds LLaMA's)."
+    return None
 
 # %% ../nbs/00_vit.ipynb #3a7d90e2
 def resample_pos_embed(pos_embed: torch.Tensor, new_grid, old_grid, cls_pos: str = 'last') -> torch.Tensor:
