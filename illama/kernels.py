@@ -148,29 +148,38 @@ def post_softmax_chunked(q, k, v, alpha: float = 0.0, cls_row: int | None = None
     B, H, N, D = q.shape
     per = max(1, CHUNK_BYTES // (H * N * N * q.element_size()))
     s = None if alpha == 0 and cls_row is None else _soft_mask(N, alpha, cls_row, q.device, q.dtype)
-    out = []
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    out = torch.empty_like(q)
     for b in range(0, B, per):
-        qb, kb, vb = q[b:b + per], k[b:b + per], v[b:b + per]
-        p = torch.softmax((qb @ kb.transpose(-2, -1)).mul_(D ** -0.5), -1)
-        out.append((p.tril_() if s is None else p.mul_(s)) @ vb)
-    return torch.cat(out)
+        p = torch.softmax(torch.matmul(q[b:b + per], k[b:b + per].transpose(-2, -1)).mul_(D ** -0.5), -1)
+        torch.matmul(p.tril_() if s is None else p.mul_(s), v[b:b + per], out=out[b:b + per])
+    return out
 
 # %% ../nbs/07_kernels.ipynb #43181670
 def rotate_qk(qk, cos, sin):
-    "Apply RoPE to `qk` (B, n, 2, heads, d) — q and k in one pass — with chapter 4's tables `cos`, `sin` (n, d/2)."
-    cis = torch.complex(cos.float(), sin.float())[:, None, None]           # (n, 1, 1, d/2): e^{iθ}
+    "RoPE on `qk` (B, n, 2, heads, d), q and k in one pass, with chapter 4's tables (n, d/2): (2, B, heads, n, d)."
+    cis = torch.complex(cos.float(), sin.float())                          # (n, d/2): e^{iθ}
     x = torch.view_as_complex(qk.float().unflatten(-1, (-1, 2)))           # channel pairs (x0, x1) as x0 + i x1
-    return torch.view_as_real(x * cis).flatten(-2).to(qk.dtype)
+    x = x.permute(2, 0, 3, 1, 4)                                           # (2, B, heads, n, d/2), a view
+    if torch.is_grad_enabled() and qk.requires_grad: y = x * cis
+    else: y = torch.mul(x, cis, out=torch.empty(x.shape, dtype=x.dtype, device=x.device))   # laid out for attention
+    return torch.view_as_real(y).flatten(-2).to(qk.dtype)
 
 # %% ../nbs/07_kernels.ipynb #7d04d80c
+def _rms_forward(x, weight, eps: float):
+    "Chapter 2's formula in fewer passes (`square`, in-place steps on new tensors); the same numbers. Returns (y, r)."
+    xf = x.float()
+    r = xf.square().mean(-1, keepdim=True).add_(eps).rsqrt_()
+    y = (xf * r).type_as(x)
+    return (y.mul_(weight) if y.dtype == weight.dtype else y * weight), r
+
 class RMSNormFunction(torch.autograd.Function):
     "Chapter 2's RMSNorm (statistic in float32) with a closed-form backward."
     @staticmethod
     def forward(ctx, x, weight, eps: float):
-        xf = x.float()
-        r = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+        y, r = _rms_forward(x, weight, eps)
         ctx.save_for_backward(x, r, weight)
-        return (xf * r).type_as(x) * weight
+        return y
 
     @staticmethod
     def backward(ctx, gy):
@@ -183,6 +192,7 @@ class RMSNormFunction(torch.autograd.Function):
 
 def rms_norm(x, weight, eps: float = 1e-6):
     "RMSNorm of `x` with gain `weight` (chapter 2's formula), differentiated by `RMSNormFunction`'s closed form."
+    if not torch.is_grad_enabled(): return _rms_forward(x, weight, eps)[0]
     return RMSNormFunction.apply(x, weight, eps)
 
 # %% ../nbs/07_kernels.ipynb #91c37b1f

@@ -167,7 +167,7 @@ def test_fused_rope_equals_chapter_4(rope):
     "Complex-product RoPE on the qkv slab = chapter 4's rotation (values, gradients; fp32, 1e-6); the layer runs each."
     qkv = torch.randn(2, 17, 3, 2, 8, requires_grad=True)
     q, k = rope.rotate(qkv[:, :, 0].transpose(1, 2)), rope.rotate(qkv[:, :, 1].transpose(1, 2))
-    q2, k2 = rotate_qk(qkv[:, :, :2], rope.cos, rope.sin).permute(2, 0, 3, 1, 4).unbind(0)
+    q2, k2 = rotate_qk(qkv[:, :, :2], rope.cos, rope.sin).unbind(0)
     _close(q, q2, 1e-6)
     _close(k, k2, 1e-6)
     g = torch.randn(2, *q.shape)
