@@ -14,4 +14,4 @@ from .masks import *
 from .rope import *
 from .soft_mask import *
 from .models import *
-from .fast_attention import *
+from .kernels import *

@@ -8,7 +8,9 @@ import math
 from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
-from .vit import ATTN_MODES, add_step
+from . import kernels
+from . import rmsnorm   # registers '+ LLaMA Norm', the step this chapter's steps build on
+from .vit import ATTN_MODES, add_step, kernel_choice, runs_materialised, softmax_attention
 
 # %% auto #0
 __all__ = ['causal_mask', 'soft_mask', 'attention_reference', 'AttentionMask', 'causal_attention_mask',
@@ -29,11 +31,15 @@ def soft_mask(n: int, alpha: float, cls_row: int | None = None, device=None, dty
 # %% ../nbs/03_causal.ipynb #31e37827
 def attention_reference(q, k, v, s=None, kind='post_softmax'):
     "Plain attention from Eq. 1 / Eq. 2 with an optional mask `s` (bool or float (n, n)); materialises n×n."
+    if s is None: return softmax_attention(q, k, v)        # chapter 0: Softmax(A) V
     a = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
-    if s is None: return a.softmax(-1) @ v
     s = s.to(q.dtype)
     if kind == 'additive': return (a + torch.log(s)).softmax(-1) @ v
     return (a.softmax(-1) * s) @ v
+
+def _replace_row(out, c, row):
+    "`out` with row `c` (dim -2) replaced by `row`, out of place (autograd-safe)."
+    return torch.cat([out[..., :c, :], row, out[..., c + 1:, :]], -2)
 
 @dataclass
 class AttentionMask:
@@ -48,12 +54,33 @@ class AttentionMask:
         return soft_mask(self.n, self.alpha, self.cls_row, device, dtype)
 
     def attend(self, q, k, v):
-        if self.alpha == 1: return F.scaled_dot_product_attention(q, k, v)
-        if self.kind == 'additive':
-            if self.alpha == 0 and self.cls_row is None: return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-            if self.alpha == 0: return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(self.n, self.cls_row, q.device))
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=self.dense(q.device, q.dtype).log())
-        return attention_reference(q, k, v, self.dense(q.device, q.dtype), 'post_softmax')
+        "Attention over q, k, v (B, heads, n, d) under this mask: as written, or on fused kernels (see the table)."
+        if runs_materialised(q):         # 'reference', or 'auto' where the n×n product is faster
+            s = self.dense(q.device, torch.promote_types(q.dtype, torch.float32))
+            return attention_reference(q, k, v, s, self.kind)
+        if self.kind == 'post_softmax' and kernel_choice() == 'auto' and kernels.chunk_inference(q):
+            return kernels.post_softmax_chunked(q, k, v, self.alpha, self.cls_row)   # inference: cache-sized chunks
+        return self.attend_fused(q, k, v)
+
+    def attend_row(self, q, k, v, i: int):
+        "Row `i` alone, for its query `q` (B, heads, 1, d) over all keys: Eq. 1 / Eq. 2 on one row."
+        whole = self.alpha == 1 or i == self.cls_row or i % self.n == self.n - 1   # S's row i is all ones
+        if whole and kernel_choice() != 'reference': return F.scaled_dot_product_attention(q, k, v)
+        s = self.dense(q.device, torch.promote_types(q.dtype, torch.float32))[i:i + 1]
+        return attention_reference(q, k, v, s, self.kind)
+
+    def attend_fused(self, q, k, v):
+        "The cheapest exact computation for this mode, kind and α on fused kernels: no n×n scores."
+        c, alpha = self.cls_row, self.alpha
+        if c is not None and c % self.n == self.n - 1: c = None     # the last row of C already sees every token
+        if alpha == 1: return F.scaled_dot_product_attention(q, k, v)
+        if self.kind == 'post_softmax':
+            if q.device.type in ('cpu', 'meta'): return kernels.post_softmax_attention(q, k, v, alpha, c)
+            return kernels.post_softmax_sdpa(q, k, v, self.dense(q.device))
+        if alpha == 0:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return out if c is None else _replace_row(out, c, F.scaled_dot_product_attention(q[..., c:c + 1, :], k, v))
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=self.dense(q.device, q.dtype).log())
 
 @ATTN_MODES.register('causal')
 def causal_attention_mask(n, cls_idx=0, kind='post_softmax', alpha=0.0):
@@ -78,21 +105,19 @@ def plot_mask_schemes(n_patches: int = 6, ax=None):
         img = torch.where(m, 1.0, 0.0)
         img[c] = torch.where(m[c], 2.0, 0.0)   # highlight the class token's row
         a.imshow(img, cmap=plt.matplotlib.colors.ListedColormap(['#eeeeee', '#4c72b0', '#dd8452']), vmin=0, vmax=2)
-        a.set_xticks(range(n), labels, rotation=90); a.set_yticks(range(n), labels)
-        a.set_title(title); a.set_xlabel('key'); a.set_ylabel('query')
+        a.set_xticks(range(n), labels, rotation=90)
+        a.set_yticks(range(n), labels)
+        a.set(title=title, xlabel='key', ylabel='query')
     plt.tight_layout()
     return ax
 
 # %% ../nbs/03_causal.ipynb #6d286549
 add_step('+ LLaMA S.A. (causal)', '+ LLaMA Norm', arch=dict(attn='causal'), tables=('table17', 'table1'),
-         paper=dict(tiny=0.1, tiny_train_loss='failed', base=0.1, base_train_loss='failed'),
          aliases=('causal', 'causal (cls first)', '+ llama s.a.', '+ causal'),
          note='attention collapse: the training loss does not converge')
 add_step('+ PS [cls]', '+ LLaMA S.A. (causal)', arch=dict(cls_pos='last'), tables=('table17', 'table1'),
-         paper=dict(tiny=71.9, tiny_train_loss=3.599, base=80.6, base_train_loss=2.869),
          aliases=('+ LLaMA S.A. + PS [cls]', 'causal + PS [cls]', 'ps cls', 'ps [cls]'))
 add_step('modified causal mask', '+ LLaMA S.A. (causal)', arch=dict(attn='modified_causal'), tables=('table1',),
-         paper=dict(tiny=72.5, tiny_train_loss=None, base=None, base_train_loss=None),
          aliases=('modified causal', 'modified_causal', 'modified causal mask (cls first, cls row unmasked)'),
          note='Table 1 line 3; the base result is not in the extracted text')
 
@@ -106,6 +131,7 @@ def patch_sensitivity(model, img, eps=1.0):
         out = []
         for i in range(gh * gw):
             r, c = divmod(i, gw)
-            x = img.clone(); x[:, r*p:(r+1)*p, c*p:(c+1)*p] += eps
+            x = img.clone()
+            x[:, r*p:(r+1)*p, c*p:(c+1)*p] += eps
             out.append((model(x[None]) - base).abs().max())
     return torch.stack(out)

@@ -4,56 +4,27 @@
 
 # %% ../nbs/06_illama.ipynb #e1d53c09
 from __future__ import annotations
+import argparse
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from timm.models import register_model, build_model_with_cfg
+from timm.models import register_model, build_model_with_cfg, resolve_pretrained_cfg
 from timm.models._registry import generate_default_cfgs
-from .vit import Illama, IllamaConfig, SIZES, ROADMAP, get_step, size_config, roadmap_config, create_roadmap_model
-from .swiglu import *
-from .rmsnorm import *
-from .masks import *
-from .rope import *
-from .soft_mask import *
+from . import soft_mask   # the whole roadmap: each chapter imports the one it builds on
+from .kernels import counted_macs
+from .paper import TABLE11
+from .vit import Illama, SIZES, create_roadmap_model, resample_pos_embed, roadmap_config
 
 # %% auto #0
-__all__ = ['default_cfgs', 'resample_pos_embed', 'set_input_size', 'checkpoint_filter_fn', 'illama_tiny', 'illama_small',
-           'illama_base', 'illama_large', 'count_params', 'count_macs', 'family_table']
-
-# %% ../nbs/06_illama.ipynb #d2c97ad2
-def resample_pos_embed(pos_embed: torch.Tensor, new_grid, old_grid, cls_pos: str = 'last') -> torch.Tensor:
-    "Bicubic resize of the patch rows of a (1, 1 + gh*gw, D) LPE from `old_grid` to `new_grid`; the class-token row is kept."
-    old_grid, new_grid = tuple(old_grid), tuple(new_grid)
-    if pos_embed.shape[1] != old_grid[0] * old_grid[1] + 1:
-        raise ValueError(f"pos_embed has {pos_embed.shape[1]} rows, expected {old_grid[0] * old_grid[1] + 1} for grid {old_grid}")
-    if new_grid == old_grid: return pos_embed
-    cls, patches = (pos_embed[:, :1], pos_embed[:, 1:]) if cls_pos == 'first' else (pos_embed[:, -1:], pos_embed[:, :-1])
-    D = pos_embed.shape[-1]
-    p = patches.reshape(1, *old_grid, D).permute(0, 3, 1, 2).float()
-    p = F.interpolate(p, size=new_grid, mode='bicubic', align_corners=False)
-    p = p.permute(0, 2, 3, 1).reshape(1, -1, D).to(pos_embed.dtype)
-    return torch.cat([cls, p], 1) if cls_pos == 'first' else torch.cat([p, cls], 1)
-
-def set_input_size(model: Illama, img_size):
-    "Change `model`'s input resolution in place: new patch grid, interpolated LPE, rebuilt RoPE table."
-    cfg = model.cfg.replace(img_size=img_size)      # validates the new size
-    old = model.cfg.grid_size
-    model.patch_embed.img_size, model.patch_embed.grid_size = cfg.img_size, cfg.grid_size
-    model.patch_embed.num_patches = cfg.num_patches
-    if model.pos_embed is not None:
-        with torch.no_grad():
-            model.pos_embed = nn.Parameter(resample_pos_embed(model.pos_embed.data, cfg.grid_size, old, cfg.cls_pos))
-    if model.rope is not None: model.rope.resize(cfg.grid_size)
-    model.cfg = cfg
-    return model
-
-Illama.set_input_size = set_input_size
+__all__ = ['HUB_ID', 'RELEASED', 'default_cfgs', 'checkpoint_filter_fn', 'illama_tiny', 'illama_small', 'illama_base',
+           'illama_large', 'count_params', 'count_macs', 'family_table']
 
 # %% ../nbs/06_illama.ipynb #35313d71
 def checkpoint_filter_fn(state_dict: dict, model: Illama) -> dict:
     "Map a checkpoint (ours, timm's ViT or the authors' release) onto `model`."
     for k in ('model', 'state_dict', 'model_ema'):
-        if k in state_dict and isinstance(state_dict[k], dict): state_dict = state_dict[k]; break
+        if k in state_dict and isinstance(state_dict[k], dict):
+            state_dict = state_dict[k]
+            break
     own = model.state_dict()
     out = {}
     for k, v in state_dict.items():
@@ -61,24 +32,74 @@ def checkpoint_filter_fn(state_dict: dict, model: Illama) -> dict:
         if k.startswith('_orig_mod.'): k = k[len('_orig_mod.'):]
         if k in ('freqs_cis', 'rope.cos', 'rope.sin'): continue
         if k == 'pos_embed' and k in own and v.shape != own[k].shape:
-            n_old = v.shape[1] - 1; s = int(round(n_old ** 0.5))
-            if s * s != n_old: raise ValueError(f"pos_embed with {n_old} patch rows is not a square grid; resize it by hand")
+            n_old = v.shape[1] - 1
+            s = int(round(n_old ** 0.5))
+            if s * s != n_old:
+                raise ValueError(f"pos_embed with {n_old} patch rows is not a square grid; resize it by hand")
             v = resample_pos_embed(v, model.cfg.grid_size, (s, s), model.cfg.cls_pos)
         if k.startswith('head.') and k in own and v.shape != own[k].shape: continue
         out[k] = v
-    return out
+    return _check_fits(out, own)
+
+def _check_fits(sd: dict, own: dict) -> dict:
+    "`sd` if its keys and shapes fit the model's state dict `own` (a head may be missing: it is re-initialised)."
+    missing = [k for k in own if k not in sd and not k.startswith('head.')]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [f'{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}'
+              for k in sd if k in own and sd[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        raise ValueError(f"the checkpoint does not fit this model: missing {missing[:3]}, unexpected {unexpected[:3]}, "
+                         f"other shapes {shapes[:3]}")
+    return sd
 
 # %% ../nbs/06_illama.ipynb #7e12d662
 def _cfg(**kw):
-    return dict(url='', num_classes=1000, input_size=(3, 224, 224), pool_size=None, crop_pct=0.9, interpolation='bicubic',
-                mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), first_conv='patch_embed.proj', classifier='head', **kw)
+    return {**dict(url='', num_classes=1000, input_size=(3, 224, 224), pool_size=None, crop_pct=0.9,
+                   interpolation='bicubic', mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                   first_conv='patch_embed.proj', classifier='head'), **kw}
 
-default_cfgs = generate_default_cfgs({f'illama_{s}.untrained': _cfg() for s in SIZES})
+HUB_ID = 'techmonsterwang/iLLaMA'
+RELEASED = {  # the authors' checkpoints (Table 6): tag -> file on the hub
+    'illama_tiny.in1k': 'illama-tiny-in1k-75.0.pth',
+    'illama_small.in1k': 'illama-small-in1k-79.9.pth',
+    'illama_base.in1k': 'illama-base-in1k-81.6.pth',
+    'illama_base.in1k_384': 'illama-base-in1k-384-83.0.pth',
+    'illama_base.in21k_ft_in1k': 'illama-base-in21kin1k-224-83.6.pth',
+    'illama_base.in21k_ft_in1k_384': 'illama-base-in21kin1k-384-85.0.pth',
+    'illama_large.in21k_ft_in1k': 'illama-large-in21kin1k-224-84.8.pth',
+    'illama_large.in21k_ft_in1k_384': 'illama-large-in21kin1k-384-86.0.pth',
+}
+
+def _released_cfg(file: str) -> dict:
+    "A released file's cfg: at 384², the input size and a resize without a crop; at 224², crop_pct 0.875."
+    big = '-384-' in file
+    return _cfg(hf_hub_id=HUB_ID, hf_hub_filename=file, input_size=(3, 384, 384) if big else (3, 224, 224),
+                crop_pct=1.0 if big else 0.875, crop_mode='squash' if big else 'center', fixed_input_size=True,
+                paper_ids='arXiv:2404.06773', paper_name='Adapting LLaMA Decoder to Vision Transformer')
+
+default_cfgs = generate_default_cfgs({**{t: _released_cfg(f) for t, f in RELEASED.items()},
+                                      **{f'illama_{s}.untrained': _cfg() for s in SIZES}})
+
+# %% ../nbs/06_illama.ipynb #29a524ad
+def _weights_source(size: str, kwargs: dict) -> str:
+    "Where the weights of a `pretrained=True` build come from, for messages: the local file, or the hub's."
+    cfg = resolve_pretrained_cfg(f'illama_{size}', kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
+    if cfg.file or cfg.hf_hub_id: return repr(cfg.file or f'{cfg.hf_hub_id}/{cfg.hf_hub_filename}')
+    return f'of illama_{size}.{cfg.tag} (none released; give a file with pretrained_cfg_overlay=dict(file=...))'
 
 def _create_illama(size, pretrained=False, **kwargs):
     arch = roadmap_config('+ soft mask', size).to_dict()
-    return build_model_with_cfg(Illama, f'illama_{size}', pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-                                **{**arch, **kwargs})
+    arch.pop('img_size')                           # from the tag's input size (384 for the 384 tags), or img_size=
+    out_indices = kwargs.pop('out_indices', 3)     # features_only: the last three blocks, as timm's ViTs
+    def build():
+        return build_model_with_cfg(Illama, f'illama_{size}', pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+                                    feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
+                                    **{**arch, **kwargs})
+    if not pretrained: return build()
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]): return build()   # the authors' files hold args
+    except (ValueError, RuntimeError) as e:
+        raise ValueError(f"weights {_weights_source(size, kwargs)}: {str(e).strip().splitlines()[0]}") from e
 
 @register_model
 def illama_tiny(pretrained=False, **kwargs) -> Illama:
@@ -101,25 +122,26 @@ def illama_large(pretrained=False, **kwargs) -> Illama:
     return _create_illama('large', pretrained, **kwargs)
 
 # %% ../nbs/06_illama.ipynb #e4db150c
-def count_params(model: nn.Module) -> int: return sum(p.numel() for p in model.parameters())
+def count_params(model: nn.Module) -> int:
+    "The number of parameters of `model`."
+    return sum(p.numel() for p in model.parameters())
 
 def count_macs(model: nn.Module, img_size=None, in_chans: int = 3, batch: int = 1) -> int:
-    "Multiply-accumulates of one forward pass (half the FLOPs that `torch.utils.flop_counter` counts); any image model."
-    from torch.utils.flop_counter import FlopCounterMode
+    "MACs of one full forward pass (every token through every block) of any timm-style image model (chapter 7's "
+    "counter); `img_size` defaults to the model's own."
     p = next(model.parameters())
     cfg = getattr(model, 'cfg', None)
     if img_size is None: img_size = cfg.img_size if cfg is not None else 224
-    if cfg is not None: in_chans = cfg.in_chans
+    in_chans = cfg.in_chans if cfg is not None else in_chans
     h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
-    x = torch.zeros(batch, in_chans, h, w, device=p.device, dtype=p.dtype)
-    with FlopCounterMode(display=False) as fc, torch.no_grad(): model(x)
-    return fc.get_total_flops() // 2
+    full = (lambda x: model.forward_head(model.forward_features(x))) if hasattr(model, 'forward_head') else model
+    return counted_macs(full, torch.zeros(batch, in_chans, h, w, device=p.device, dtype=p.dtype))
 
 def family_table(sizes=tuple(SIZES), device='meta'):
     "Rows of (size, params (M), paper params, MACs (G), paper MACs) for the family at 224², 1000 classes."
     rows = []
     for s in sizes:
         with torch.device(device): m = create_roadmap_model('+ soft mask', s)
-        rows.append(dict(size=s, params_m=count_params(m) / 1e6, paper_params_m=SIZES[s]['params_m'],
-                         macs_g=count_macs(m) / 1e9, paper_macs_g=SIZES[s]['macs_g']))
+        rows.append(dict(size=s, params_m=count_params(m) / 1e6, paper_params_m=TABLE11[s]['params_m'],
+                         macs_g=count_macs(m) / 1e9, paper_macs_g=TABLE11[s]['macs_g']))
     return rows

@@ -7,7 +7,9 @@ from __future__ import annotations
 import math
 import torch
 import torch.nn as nn
-from .vit import ROPES, add_step
+from . import kernels
+from . import masks   # registers '+ PS [cls]', the step this chapter's steps build on
+from .vit import ROPES, add_step, kernel_choice
 
 # %% auto #0
 __all__ = ['rope_freqs', 'apply_rope', 'Rope', 'Rope1D', 'Rope2D', 'rope_1d', 'rope_2d']
@@ -24,36 +26,55 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), -1).flatten(-2).type_as(x)
 
 class Rope(nn.Module):
-    "Base rotary embedding: a table of angles per token, applied to q and k; `resize(grid)` rebuilds it."
+    "Base rotary embedding: a table of angles per token for q and k; `resize(grid)` rebuilds it."
     def __init__(self, head_dim: int, theta: float = 10000.0):
         super().__init__()
         self.head_dim, self.theta = head_dim, theta
+
     def _set_angles(self, angles):   # (n, head_dim/2); buffers are not saved: they follow from the config
         self.register_buffer('cos', angles.cos(), persistent=False)
         self.register_buffer('sin', angles.sin(), persistent=False)
-    def forward(self, q, k):
-        if q.shape[-2] != self.cos.shape[0]:
-            raise ValueError(f"rope table has {self.cos.shape[0]} positions but the sequence has {q.shape[-2]} tokens; "
+
+    def check_length(self, n: int):
+        "Raise a `ValueError` unless the table has `n` positions."
+        if n != self.cos.shape[0]:
+            raise ValueError(f"rope table has {self.cos.shape[0]} positions but the sequence has {n} tokens; "
                              f"call model.set_input_size(...) to rebuild it")
-        return apply_rope(q, self.cos, self.sin), apply_rope(k, self.cos, self.sin)
+
+    def rotate(self, x):
+        "`x` (..., n, d) rotated by the table, as written: real-valued channel pairs, in float32."
+        self.check_length(x.shape[-2])
+        return apply_rope(x, self.cos, self.sin)
+
+    def forward(self, qkv):
+        "q, k, v (B, heads, n, d) from the qkv projection (B, n, 3, heads, d), q and k rotated."
+        self.check_length(qkv.shape[1])
+        if kernel_choice() == 'reference':
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+            return self.rotate(q), self.rotate(k), v
+        q, k = kernels.rotate_qk(qkv[:, :, :2], self.cos, self.sin).unbind(0)   # chapter 7
+        return q, k, qkv[:, :, 2].transpose(1, 2).contiguous()   # a copy of v: the qkv output is not kept for backward
 
 class Rope1D(Rope):
     "LLaMA's RoPE over the N+1 tokens of the sequence (patches and class token), positions 0..N in sequence order."
     def __init__(self, head_dim: int, grid, theta: float = 10000.0):
         super().__init__(head_dim, theta)
         self.resize(grid)
+
     def resize(self, grid):
         n = math.prod(grid) + 1
         self._set_angles(torch.outer(torch.arange(n).float(), rope_freqs(self.head_dim, self.theta)))
+
     def extra_repr(self): return f"head_dim={self.head_dim}, positions={self.cos.shape[0]}, theta={self.theta}"
 
 # %% ../nbs/04_rope.ipynb #632ad9c4
 class Rope2D(Rope):
-    "AS2DRoPE: 2D rotary embedding over the patch grid with auto-scaled interpolation to `anchor_grid`; class token unrotated."
+    "AS2DRoPE: 2D rotary embedding over the patch grid, auto-scaled to `anchor_grid`; the class token unrotated."
     def __init__(self, head_dim: int, grid, cls_pos: str = 'last', theta: float = 10000.0, anchor_grid=None):
         super().__init__(head_dim, theta)
         self.cls_pos, self.anchor_grid = cls_pos, tuple(anchor_grid or grid)
         self.resize(grid)
+
     def resize(self, grid):
         (gh, gw), (ah, aw) = grid, self.anchor_grid
         f = rope_freqs(self.head_dim, self.theta, step=4)                       # d/4 frequencies
@@ -63,7 +84,9 @@ class Rope2D(Rope):
         ang = torch.stack((r[:, None] * f, c[:, None] * f), -1).flatten(1)       # pairs: row, col, row, col, ...
         cls = torch.zeros(1, ang.shape[1])
         self._set_angles(torch.cat([cls, ang]) if self.cls_pos == 'first' else torch.cat([ang, cls]))
-    def extra_repr(self): return f"head_dim={self.head_dim}, anchor_grid={self.anchor_grid}, positions={self.cos.shape[0]}"
+
+    def extra_repr(self):
+        return f"head_dim={self.head_dim}, anchor_grid={self.anchor_grid}, positions={self.cos.shape[0]}"
 
 # %% ../nbs/04_rope.ipynb #63abf480
 def _check_head_dim(cfg, multiple):
@@ -85,6 +108,5 @@ def rope_2d(cfg, grid):
 
 # %% ../nbs/04_rope.ipynb #485a74f1
 add_step('+ LLaMA P.E. (RoPE)', '+ PS [cls]', arch=dict(rope='1d', lpe=False), tables=('table17',),
-         paper=dict(tiny=72.6, tiny_train_loss=3.618, base=81.2, base_train_loss=2.861), aliases=('rope', '+ rope', '+ llama p.e.'))
-add_step('+ LPE', '+ LLaMA P.E. (RoPE)', arch=dict(lpe=True), tables=('table17',),
-         paper=dict(tiny=73.2, tiny_train_loss=3.531, base=81.2, base_train_loss=2.839), aliases=('rope + lpe', '+ lpe p.e.'))
+         aliases=('rope', '+ rope', '+ llama p.e.'))
+add_step('+ LPE', '+ LLaMA P.E. (RoPE)', arch=dict(lpe=True), tables=('table17',), aliases=('rope + lpe', '+ lpe p.e.'))

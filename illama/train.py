@@ -21,6 +21,7 @@ with warnings.catch_warnings():   # fastai and pandas warn about their own depre
     from fastai.optimizer import OptimWrapper
     from fastai.torch_core import rank_distrib, num_distrib, set_seed
     from fastai.distributed import DistributedDL
+from fastcore.basics import noop
 from fastcore.foundation import L
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
@@ -36,9 +37,10 @@ __all__ = ['RECIPES', 'REGIMES', 'MAX_EPOCHS', 'PRECISIONS', 'PIPELINES', 'CKPT'
            'step_recipe', 'step_model_config', 'param_groups', 'RecipeLoss', 'top_k_metric', 'val_ce_metric',
            'SoftMaskCallback', 'RecipeCallback', 'lr_scheds', 'make_mixup', 'load_tensors', 'check_trainable',
            'check_precision', 'DeviceMixedPrecision', 'make_learner', 'save_checkpoint', 'read_checkpoint',
-           'load_checkpoint', 'CheckpointCallback', 'RestoreSmoothLoss', 'CpuDistributedDL', 'plot_history',
-           'load_init', 'Run', 'run_differences', 'plan_run', 'check_batch', 'build_learner', 'fit_run', 'run_result',
-           'finish_run', 'train', 'check_int', 'default_out', 'plan_from_args', 'main']
+           'load_checkpoint', 'CheckpointCallback', 'FreezeBody', 'RestoreSmoothLoss', 'CpuDistributedDL',
+           'plot_history', 'is_released_tag', 'load_init', 'Run', 'run_differences', 'plan_run', 'check_batch',
+           'build_learner', 'fit_run', 'run_result', 'finish_run', 'train', 'check_int', 'default_out',
+           'plan_from_args', 'main']
 
 # %% ../nbs/11_train.ipynb #4ebbb560
 @dataclass(frozen=True)
@@ -183,9 +185,13 @@ class RecipeLoss(nn.Module):
 
 def _top_k(pred, targ, k=1):   # in percent, like the paper's tables
     return (pred.topk(min(k, pred.shape[-1]), -1).indices == targ[:, None]).any(-1).float().mean() * 100
-def top_k_metric(k: int): return AccumMetric(partial(_top_k, k=k), flatten=False, name=f'top{k}')
+def top_k_metric(k: int):
+    "Top-k accuracy (%) as a fastai metric, gathered over processes."
+    return AccumMetric(partial(_top_k, k=k), flatten=False, name=f'top{k}')
 def _ce(pred, targ): return F.cross_entropy(pred.float(), targ)
-def val_ce_metric(): return AccumMetric(_ce, flatten=False, name='val_ce')   # exact over processes, unlike valid_loss
+def val_ce_metric():
+    "Validation cross-entropy as a fastai metric: exact over processes, unlike `valid_loss`."
+    return AccumMetric(_ce, flatten=False, name='val_ce')
 
 # %% ../nbs/11_train.ipynb #eed79731
 def _unwrap(m): return getattr(m, 'module', m)
@@ -398,6 +404,16 @@ class CheckpointCallback(Callback):
                         'history': self.history, 'train_iter': self.history[-1]['epoch'] * self.n_iter,
                         'smooth_loss': dict(count=sl.count, val=float(sl.val))})
 
+class FreezeBody(Callback):
+    "fastai's `fine_tune`, per epoch: for the first `epochs` epochs of the run only the head trains, then every layer."
+    order = 1
+    def __init__(self, epochs: int, start_epoch: int = 0): self.epochs, self.epoch0 = epochs, start_epoch
+    def before_epoch(self):
+        frozen = self.epoch0 + self.epoch < self.epochs
+        for n, p in _unwrap(self.learn.model).named_parameters(): p.requires_grad_(not frozen or n.startswith('head.'))
+    def after_fit(self):
+        for p in _unwrap(self.learn.model).parameters(): p.requires_grad_(True)
+
 class RestoreSmoothLoss(Callback):
     "Put back the smoothed-loss state of a checkpoint after the recorder resets it at the start of `fit`."
     order = 51   # right after the Recorder (50)
@@ -445,23 +461,38 @@ def plot_history(history, fn=None, alpha_curve=None):
 def _state_dict(path: Path) -> dict:
     "The state dict in a safetensors or torch file (a checkpoint's `model.*` entries unwrapped)."
     from safetensors.torch import load_file
-    try: sd = load_file(str(path)) if path.suffix == '.safetensors' else torch.load(path, map_location='cpu')
+    try:
+        if path.suffix == '.safetensors': sd = load_file(str(path))
+        else:
+            with torch.serialization.safe_globals([argparse.Namespace]):   # the authors' files keep their run's args
+                sd = torch.load(path, map_location='cpu')
     except Exception as e:
         raise ValueError(f"init={str(path)!r} is not a checkpoint or state dict ({_why(e)})") from e
     if not isinstance(sd, dict): raise ValueError(f"init={str(path)!r} holds a {type(sd).__name__}, not a state dict")
     if any(k.startswith('model.') for k in sd): sd = {k[6:]: v for k, v in sd.items() if k.startswith('model.')}
     return sd
 
-def load_init(model, path):
-    "Initialise `model` from the weights in `path` (any layout `checkpoint_filter_fn` maps); Table 14's fine-tuning."
+def is_released_tag(init) -> bool:
+    "Whether `init` names timm weights (`illama_tiny.in1k`, ...) rather than a file."
+    import timm
+    return not Path(init).exists() and '.' in str(init) and timm.is_model(str(init).split('.')[0])
+
+def _tag_state_dict(tag: str) -> dict:
+    from illama.evaluate import load_model
+    try: return load_model(tag).state_dict()
+    except ValueError as e: raise ValueError(f"init={tag!r}: {e}") from e
+
+def load_init(model, init):
+    "Initialise `model` from `init`: a weights file (any layout `checkpoint_filter_fn` maps) or released timm weights."
     from illama.models import checkpoint_filter_fn
-    path = Path(path)
-    if not path.is_file(): raise ValueError(f"init={str(path)!r} is not a file; expected a checkpoint or state dict")
-    try: missing, _ = model.load_state_dict(checkpoint_filter_fn(_state_dict(path), model), strict=False)
-    except RuntimeError as e:   # shapes that do not fit: another size or architecture
-        raise ValueError(f"init={str(path)!r} does not fit this model: {str(e).splitlines()[-1].strip()}") from e
-    if [k for k in missing if not k.startswith('head.')]:
-        raise ValueError(f"init={str(path)!r} lacks weights this model needs: {missing[:4]}...")
+    if is_released_tag(init): sd = _tag_state_dict(init)
+    elif not Path(init).is_file():
+        raise ValueError(f"init={str(init)!r} is not a file or released weights; expected a checkpoint, a state dict "
+                         f"or a timm tag such as illama_tiny.in1k")
+    else: sd = _state_dict(Path(init))
+    try: model.load_state_dict(checkpoint_filter_fn(sd, model), strict=False)
+    except (RuntimeError, ValueError) as e:   # keys or shapes that do not fit: another size or architecture
+        raise ValueError(f"init={str(init)!r} does not fit this model: {str(e).splitlines()[-1].strip()}") from e
     return model
 
 # %% ../nbs/11_train.ipynb #c0ffee01
@@ -479,12 +510,13 @@ class Run:
     history: list = field(default_factory=list)
     smooth_loss: dict | None = None  # fastai's smoothed-loss state at the checkpoint
     t0: float = 0.0                  # wall-clock start, moved back by the seconds the resumed epochs took
+    freeze_epochs: int = 0           # fine-tuning: epochs that train the head only (fastai's fine_tune)
 
     @property
     def meta(self) -> dict:
         "What a checkpoint records about the run, to resume it and to recognise it."
         return dict(step=self.step, size=self.size, regime=self.regime, seed=self.seed, recipe=self.recipe.to_dict(),
-                    nproc=self.nproc, git_rev=git_revision())
+                    nproc=self.nproc, freeze_epochs=self.freeze_epochs, git_rev=git_revision())
 
 def run_differences(meta: dict, run: Run) -> list[str]:
     "The fields in which a checkpoint's run (`meta`) differs from `run`: 'seed: 0 (checkpoint) vs 7 (asked)', ..."
@@ -499,11 +531,12 @@ def run_differences(meta: dict, run: Run) -> list[str]:
 
 # %% ../nbs/11_train.ipynb #c0ffee02
 def plan_run(step='ViT', size='tiny', regime='cpu', seed=0, out='runs/illama', recipe: Recipe | None = None,
-             epochs=None, resume=None) -> Run:
+             epochs=None, resume=None, freeze_epochs: int = 0) -> Run:
     "The run to train: a fresh one, or (unless `resume=False`) the one whose checkpoint is in `out`, if it is this one."
     st = get_step(step)
     recipe = recipe or step_recipe(st, size, regime, epochs)
-    run = Run(st.name, size, regime, seed, recipe, Path(out), nproc=max(num_distrib(), 1), t0=time.time())
+    run = Run(st.name, size, regime, seed, recipe, Path(out), nproc=max(num_distrib(), 1), t0=time.time(),
+              freeze_epochs=freeze_epochs)
     check_batch(recipe.batch_size, run.nproc)
     ck = run.out / CKPT
     if resume is True and not ck.exists(): raise ValueError(f"resume=True but {str(ck)!r} does not exist")
@@ -545,7 +578,10 @@ def fit_run(learn, run: Run, stop_after: int | None = None, quiet: bool = False)
     cbs = [ParamScheduler(lr_scheds(run.recipe, run.start, end)),
            CheckpointCallback(run.out, meta, run.history, run.t0)]
     if run.smooth_loss: cbs.append(RestoreSmoothLoss(run.smooth_loss))
-    if quiet: learn.remove_cbs([c for c in learn.cbs if type(c).__name__ == 'ProgressCallback'])
+    if run.freeze_epochs: cbs.append(FreezeBody(run.freeze_epochs, run.start))
+    if quiet:   # no progress bar and no epoch table on stdout (the history is in the checkpoint and results)
+        learn.remove_cbs([c for c in learn.cbs if type(c).__name__ == 'ProgressCallback'])
+        learn.logger = noop
     if end > run.start: _fit(learn, end - run.start, cbs)
     run.history = cbs[1].history
     return end
@@ -584,9 +620,9 @@ def finish_run(learn, run: Run, end: int) -> dict:
 # %% ../nbs/11_train.ipynb #c0ffee05
 def train(step='ViT', size='tiny', regime='cpu', data=None, epochs=None, seed=0, out='runs/illama', resume=None,
           cache=None, download=False, recipe: Recipe | None = None, augment=True, stop_after=None, quiet=False,
-          init=None):
+          init=None, freeze_epochs: int = 0):
     "Train a roadmap step; returns the learner, with the result record in `learn.result` (and `out/results.json`)."
-    run = plan_run(step, size, regime, seed, out, recipe, epochs, resume)
+    run = plan_run(step, size, regime, seed, out, recipe, epochs, resume, freeze_epochs)
     learn = build_learner(run, data, cache, download, init, augment)
     end = fit_run(learn, run, stop_after, quiet)
     learn.result = finish_run(learn, run, end)
@@ -607,7 +643,11 @@ def _parser():
     p.add_argument('--precision', default=None, help="override the regime's precision: fp32 | bf16 | fp16 (CUDA only)")
     p.add_argument('--pipeline', default=None, help="override the input pipeline: stream (decode on the fly) | cache")
     p.add_argument('--nproc', type=int, default=1, help="processes on this machine (torchrun, DDP)")
-    p.add_argument('--init', default=None, help="initialise from these weights (a checkpoint or state dict; Table 14)")
+    p.add_argument('--init', default=None,
+                   help="start from these weights: a checkpoint, a state dict, or released ones (illama_tiny.in1k)")
+    p.add_argument('--freeze-epochs', type=int, default=None,
+                   help="epochs that train only the new head before all layers (default: 1 with --init, else 0)")
+    p.add_argument('--img-size', type=int, default=None, help="override the recipe's image size")
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--out', default=None, help="output folder (default runs/<step>-<size>-<regime>)")
     p.add_argument('--resume', action='store_true', help="require a checkpoint in --out (resuming is automatic)")
@@ -627,6 +667,16 @@ def check_int(name: str, value, lo: int, hi: int):
     return value
 
 # %% ../nbs/11_train.ipynb #b497fb1c
+def _tag_arch(tag: str, img_size=None) -> dict:
+    "Recipe changes that build released weights' model: patch 16, Table 11's depth, their image size (or `img_size`)."
+    import timm
+    cfg = timm.models.get_pretrained_cfg(tag)
+    if cfg is None:
+        raise ValueError(f"init={tag!r} is not a released tag; choose one of {timm.list_pretrained('illama_*')}")
+    patch, size = 16, img_size or cfg.input_size[-1]
+    if size % patch: raise ValueError(f"--img-size={size} is not allowed with init={tag!r}: use a multiple of {patch}")
+    return dict(patch_size=patch, img_size=size, model={})
+
 def _args_recipe(a, step: str) -> Recipe:
     "The recipe the arguments ask for: the step's (or `--recipe`) in the regime, with the overrides given."
     for name, lo, hi in (('epochs', 1, MAX_EPOCHS), ('batch_size', 1, 1 << 20), ('nproc', 1, 4096), ('seed', 0, 10**6)):
@@ -635,6 +685,8 @@ def _args_recipe(a, step: str) -> Recipe:
     if a.precision is not None:
         over['precision'] = check_precision(a.precision, 'cuda' if torch.cuda.is_available() else 'cpu')
     if a.pipeline is not None: over['pipeline'] = check_choice('pipeline', a.pipeline, PIPELINES)
+    if a.img_size is not None: over['img_size'] = check_int('img_size', a.img_size, 8, 4096)
+    if a.init and is_released_tag(a.init): over.update(_tag_arch(a.init, over.get('img_size')))
     recipe = step_recipe(step, check_choice('size', a.size, tuple(SIZES)), a.regime, a.epochs, a.recipe, **over)
     world = max(num_distrib(), a.nproc)
     check_batch(recipe.batch_size, world)
@@ -674,11 +726,14 @@ def plan_from_args(a) -> Run:
     check_choice('regime', a.regime, tuple(REGIMES))
     recipe = _args_recipe(a, step)
     _check_data(a, recipe)
-    if a.init and not Path(a.init).is_file(): raise ValueError(f"init={a.init!r} is not a file")
+    if a.init and not Path(a.init).is_file() and not is_released_tag(a.init):
+        raise ValueError(f"init={a.init!r} is not a file or released weights (a timm tag such as illama_tiny.in1k)")
+    check_int('freeze_epochs', a.freeze_epochs, 0, MAX_EPOCHS)
     if a.cache: cache_dir(a.cache)
     out = Path(a.out) if a.out else default_out(step, a.size, a.regime)
     if a.resume and not (out / CKPT).exists(): raise ValueError(f"--resume but {str(out / CKPT)!r} does not exist")
-    run = plan_run(step, a.size, a.regime, a.seed, out, recipe, resume=False if a.fresh else None)
+    freeze = a.freeze_epochs if a.freeze_epochs is not None else int(bool(a.init))
+    run = plan_run(step, a.size, a.regime, a.seed, out, recipe, resume=False if a.fresh else None, freeze_epochs=freeze)
     _check_out(out)
     return run
 

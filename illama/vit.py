@@ -5,30 +5,43 @@
 # %% ../nbs/00_vit.ipynb #375383d4
 from __future__ import annotations
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, asdict, fields, replace
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, trunc_normal_
+from timm.models._features import feature_take_indices
+from . import kernels
+from .paper import TABLE1, TABLE11, TABLE17
 
 # %% auto #0
-__all__ = ['FFN_LAYERS', 'NORM_LAYERS', 'ATTN_MODES', 'ROPES', 'SIZES', 'ROADMAP', 'Registry', 'check_choice', 'check_range',
-           'IllamaConfig', 'PatchEmbed', 'Mlp', 'layer_norm', 'attend', 'Attention', 'Block', 'bidirectional_mask',
-           'no_rope', 'Illama', 'size_config', 'RoadmapStep', 'add_step', 'get_step', 'roadmap_config',
-           'create_roadmap_model']
+__all__ = ['FFN_LAYERS', 'NORM_LAYERS', 'ATTN_MODES', 'ROPES', 'KERNELS', 'SIZES', 'PAPER_KEYS', 'ROADMAP', 'Registry',
+           'check_choice', 'check_range', 'check_positive', 'check_bool', 'IllamaConfig', 'PatchEmbed', 'Mlp',
+           'layer_norm', 'kernel_choice', 'use_kernels', 'runs_materialised', 'softmax_attention', 'Attention', 'Block',
+           'bidirectional_mask', 'no_rope', 'resample_pos_embed', 'Illama', 'size_config', 'RoadmapStep', 'add_step',
+           'get_step', 'roadmap_config', 'create_roadmap_model']
 
 # %% ../nbs/00_vit.ipynb #638453a2
 class Registry(dict):
     "A table of named, pluggable choices for the config parameter `param`."
-    def __init__(self, param: str): super().__init__(); self.param = param
+    def __init__(self, param: str):
+        super().__init__()
+        self.param = param
+
     def register(self, name: str):
         "Decorator: add the decorated class or function under `name`."
-        def _reg(obj): self[name] = obj; return obj
+        def _reg(obj):
+            self[name] = obj
+            return obj
         return _reg
+
     def check(self, value):
         "The entry for `value`, or a `ValueError` naming the parameter and the allowed values."
         if value not in self: raise ValueError(f"{self.param}={value!r} is not allowed; choose one of {sorted(self)}")
         return self[value]
+
+def _is_number(x): return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 def check_choice(param: str, value, allowed):
     "Raise a `ValueError` unless `value` is one of `allowed`."
@@ -36,9 +49,20 @@ def check_choice(param: str, value, allowed):
     return value
 
 def check_range(param: str, value, lo, hi):
-    "Raise a `ValueError` unless `lo <= value <= hi`."
-    if not isinstance(value, (int, float)) or not lo <= value <= hi:
+    "Raise a `ValueError` unless `value` is a number with `lo <= value <= hi` (NaN and bools are not)."
+    if not _is_number(value) or not lo <= value <= hi:
         raise ValueError(f"{param}={value!r} is not allowed; it must be a number in [{lo}, {hi}]")
+    return value
+
+def check_positive(param: str, value):
+    "Raise a `ValueError` unless `value` is a finite number > 0 (NaN, inf and bools are not)."
+    if not _is_number(value) or not 0 < value < math.inf:
+        raise ValueError(f"{param}={value!r} is not allowed; it must be a number > 0")
+    return value
+
+def check_bool(param: str, value):
+    "Raise a `ValueError` unless `value` is `True` or `False` (the string `'no'` is not)."
+    if not isinstance(value, bool): raise ValueError(f"{param}={value!r} is not allowed; it must be True or False")
     return value
 
 FFN_LAYERS  = Registry('ffn')    # FFN(dim, mlp_ratio) -> module
@@ -59,7 +83,7 @@ class IllamaConfig:
     embed_dim: int = 192
     depth: int = 12
     num_heads: int = 3
-    mlp_ratio: float = 4.0
+    mlp_ratio: float = 4.0           # FFN width / embed_dim (SwiGLU: before LLaMA's 2/3 sizing, chapter 1)
     ffn: str = 'mlp'                 # 'mlp' (ViT) | 'swiglu' (LLaMA)
     norm: str = 'layernorm'          # 'layernorm' (ViT) | 'rmsnorm' (LLaMA)
     norm_eps: float = 1e-6
@@ -69,30 +93,44 @@ class IllamaConfig:
     lpe: bool = True                 # learnable position embedding added once, before the blocks
     rope: str = 'none'               # 'none' | '1d' (LLaMA RoPE) | '2d' (VisionLLaMA's AS2DRoPE)
     rope_theta: float = 10000.0
-    soft_mask_alpha: float = 0.0     # alpha of Eq. 2: 1 = bidirectional, 0 = causal (causal modes only)
     qkv_bias: bool = True
     drop_path_rate: float = 0.0
 
     def __post_init__(self):
         self.img_size = _pair(self.img_size)
+        self._check_shape()
+        self._check_choices()
+
+    def _check_shape(self):
+        "Sizes: positive integers, an image that the patches tile, heads that divide the width."
         for name in ('patch_size', 'in_chans', 'embed_dim', 'depth', 'num_heads'):
             v = getattr(self, name)
-            if not isinstance(v, int) or v < 1: raise ValueError(f"{name}={v!r} is not allowed; it must be a positive integer")
-        if not isinstance(self.num_classes, int) or self.num_classes < 0:
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name}={v!r} is not allowed; it must be a positive integer")
+        if not isinstance(self.num_classes, int) or isinstance(self.num_classes, bool) or self.num_classes < 0:
             raise ValueError(f"num_classes={self.num_classes!r} is not allowed; it must be an integer >= 0")
         for s in self.img_size:
             if not isinstance(s, int) or s < self.patch_size or s % self.patch_size:
-                raise ValueError(f"img_size={self.img_size!r} is not allowed; each side must be a positive multiple of patch_size={self.patch_size}")
+                raise ValueError(f"img_size={self.img_size!r} is not allowed; each side must be a positive multiple "
+                                 f"of patch_size={self.patch_size}")
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}; "
                              f"choose num_heads among the divisors of embed_dim")
-        FFN_LAYERS.check(self.ffn); NORM_LAYERS.check(self.norm)
-        ATTN_MODES.check(self.attn); ROPES.check(self.rope)
+
+    def _check_choices(self):
+        "Named choices from the registries, numbers in range, switches that are bools."
+        FFN_LAYERS.check(self.ffn)
+        NORM_LAYERS.check(self.norm)
+        ATTN_MODES.check(self.attn)
+        ROPES.check(self.rope)
         check_choice('cls_pos', self.cls_pos, ('first', 'last'))
         check_choice('mask_kind', self.mask_kind, ('post_softmax', 'additive'))
-        check_range('soft_mask_alpha', self.soft_mask_alpha, 0, 1)
+        check_positive('mlp_ratio', self.mlp_ratio)
+        check_positive('rope_theta', self.rope_theta)
         check_range('drop_path_rate', self.drop_path_rate, 0, 1)
         check_range('norm_eps', self.norm_eps, 0, 1)
+        check_bool('lpe', self.lpe)
+        check_bool('qkv_bias', self.qkv_bias)
 
     @property
     def head_dim(self): return self.embed_dim // self.num_heads
@@ -128,10 +166,16 @@ class PatchEmbed(nn.Module):
         if x.ndim != 4: raise ValueError(f"images: expected a batch of shape (B, C, H, W), got shape {tuple(x.shape)}")
         if x.shape[1] != self.in_chans:
             raise ValueError(f"images have {x.shape[1]} channels but the model has in_chans={self.in_chans}")
-        if tuple(x.shape[2:]) != self.img_size:
-            raise ValueError(f"image size {tuple(x.shape[2:])} does not match img_size={self.img_size}; resize the "
-                             f"images or call model.set_input_size(img_size={tuple(x.shape[2:])})")
+        if tuple(x.shape[2:]) != self.img_size: raise ValueError(self.size_error(tuple(x.shape[2:])))
         return self.proj(x).flatten(2).transpose(1, 2)   # (B, num_patches, embed_dim)
+
+    def size_error(self, hw) -> str:
+        "What to do about images of size `hw`: `set_input_size` if the patches tile them, resizing otherwise."
+        msg = f"image size {hw} does not match img_size={self.img_size}; resize the images"
+        if all(s > 0 and s % self.patch_size == 0 for s in hw):
+            return msg + f" or call model.set_input_size(img_size={hw})"
+        return msg + (f" (to img_size, or to a multiple of patch_size={self.patch_size} and call "
+                      f"model.set_input_size(img_size=...))")
 
 # %% ../nbs/00_vit.ipynb #e624aede
 @FFN_LAYERS.register('mlp')
@@ -148,11 +192,32 @@ def layer_norm(dim, eps=1e-6):
     "ViT's LayerNorm (with bias)."
     return nn.LayerNorm(dim, eps=eps)
 
+# %% ../nbs/00_vit.ipynb #9d3e5f60
+KERNELS = ('auto', 'flash', 'reference')
+_kernels = 'auto'
+
+def kernel_choice() -> str:
+    "The kernels every layer runs now: `'auto'` (the default), `'flash'` or `'reference'`; set with `use_kernels`."
+    return _kernels
+
+@contextmanager
+def use_kernels(name: str):
+    "Within the `with` block every layer runs the kernels `name`, one of `KERNELS`."
+    global _kernels
+    old, _kernels = _kernels, check_choice('kernels', name, KERNELS)
+    try: yield
+    finally: _kernels = old
+
+def runs_materialised(q) -> bool:
+    "Whether attention over `q` is the plain n×n product: always for 'reference', never 'flash', per shape for 'auto'."
+    choice = kernel_choice()
+    return choice == 'reference' or (choice == 'auto' and kernels.materialise(q))
+
 # %% ../nbs/00_vit.ipynb #fa4cccc5
-def attend(q, k, v, mask=None):
-    "softmax(q kᵀ/√d) v for q, k, v of shape (B, heads, N, head_dim); `mask` (an `AttentionMask`) sets the mode."
-    if mask is None: return F.scaled_dot_product_attention(q, k, v)
-    return mask.attend(q, k, v)
+def softmax_attention(q, k, v):
+    "Softmax(q kᵀ/√d) v as written, for q, k, v of shape (B, heads, n, head_dim): the n×n scores materialised."
+    a = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+    return a.softmax(-1) @ v
 
 class Attention(nn.Module):
     "Multi-head self-attention; key layout `attn.qkv`, `attn.proj` as in timm and the authors' release."
@@ -162,12 +227,20 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x, mask=None, rope=None):
+    def forward(self, x, mask=None, rope=None, query=None):
+        "Every token's output; with `query` (a token index), that token's alone: the others serve as keys and values."
         B, N, C = x.shape
-        q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        if rope is not None: q, k = rope(q, k)
-        x = attend(q, k, v, mask)
-        return self.proj(x.transpose(1, 2).reshape(B, N, C))
+        qkv = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0) if rope is None else rope(qkv)   # rope: chapter 4
+        if query is not None:                                          # one query row, over every key
+            q = q[:, :, query:query + 1]
+            if mask is not None: x = mask.attend_row(q, k, v, query)
+            elif kernel_choice() == 'reference': x = softmax_attention(q, k, v)
+            else: x = F.scaled_dot_product_attention(q, k, v)
+        elif mask is not None: x = mask.attend(q, k, v)                 # causal and soft masks: chapter 3
+        elif runs_materialised(q): x = softmax_attention(q, k, v)      # as written
+        else: x = F.scaled_dot_product_attention(q, k, v)              # fused (chapter 7): no n×n tensor
+        return self.proj(x.transpose(1, 2).reshape(B, q.shape[2], C))
 
 # %% ../nbs/00_vit.ipynb #f709ae63
 class Block(nn.Module):
@@ -181,9 +254,14 @@ class Block(nn.Module):
         self.mlp = ffn(cfg.embed_dim, cfg.mlp_ratio)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x, mask=None, rope=None):
-        x = x + self.drop_path(self.attn(self.norm1(x), mask, rope))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+    def forward(self, x, mask=None, rope=None, query=None):
+        h = self.drop_path(self.attn(self.norm1(x), mask, rope, query))
+        x = _residual(x if query is None else x[:, query:query + 1], h)
+        return _residual(x, self.drop_path(self.mlp(self.norm2(x))))
+
+def _residual(x, h):
+    "x + h: into `h` (the branch's fresh output) when nothing is differentiated, else a new tensor for autograd."
+    return x + h if torch.is_grad_enabled() else h.add_(x)
 
 # %% ../nbs/00_vit.ipynb #fc896082
 @ATTN_MODES.register('bidirectional')
@@ -192,7 +270,25 @@ def bidirectional_mask(n, cls_idx=0, kind='post_softmax', alpha=1.0):
     return None
 
 @ROPES.register('none')
-def no_rope(cfg, grid): return None
+def no_rope(cfg, grid):
+    "No rotary embedding: the ViT's choice (chapter 4 adds LLaMA's)."
+    return None
+
+# %% ../nbs/00_vit.ipynb #3a7d90e2
+def resample_pos_embed(pos_embed: torch.Tensor, new_grid, old_grid, cls_pos: str = 'last') -> torch.Tensor:
+    "Bicubic resize of the patch rows of a (1, 1 + gh*gw, D) LPE from `old_grid` to `new_grid`; the class row is kept."
+    old_grid, new_grid = tuple(old_grid), tuple(new_grid)
+    if pos_embed.shape[1] != old_grid[0] * old_grid[1] + 1:
+        raise ValueError(f"pos_embed has {pos_embed.shape[1]} rows, expected {old_grid[0] * old_grid[1] + 1} "
+                         f"for grid {old_grid}")
+    if new_grid == old_grid: return pos_embed
+    first = cls_pos == 'first'
+    cls, patches = (pos_embed[:, :1], pos_embed[:, 1:]) if first else (pos_embed[:, -1:], pos_embed[:, :-1])
+    D = pos_embed.shape[-1]
+    p = patches.reshape(1, *old_grid, D).permute(0, 3, 1, 2).float()
+    p = F.interpolate(p, size=new_grid, mode='bicubic', align_corners=False)
+    p = p.permute(0, 2, 3, 1).reshape(1, -1, D).to(pos_embed.dtype)
+    return torch.cat([cls, p], 1) if first else torch.cat([p, cls], 1)
 
 # %% ../nbs/00_vit.ipynb #ce48bac5
 class Illama(nn.Module):
@@ -208,11 +304,13 @@ class Illama(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_patches + 1, cfg.embed_dim)) if cfg.lpe else None
         self.rope = ROPES.check(cfg.rope)(cfg, cfg.grid_size)
-        dpr = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]   # stochastic depth grows with depth
+        dpr = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]   # grows with depth
         self.blocks = nn.ModuleList([Block(cfg, dpr[i]) for i in range(cfg.depth)])
         self.norm = NORM_LAYERS.check(cfg.norm)(cfg.embed_dim, eps=cfg.norm_eps)
         self.head = nn.Linear(cfg.embed_dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
-        self.soft_mask_alpha = cfg.soft_mask_alpha
+        self.feature_info = [dict(module=f'blocks.{i}', num_chs=cfg.embed_dim, reduction=cfg.patch_size)
+                             for i in range(cfg.depth)]   # timm's features_only: one entry per block
+        self.soft_mask_alpha = 0.0
         self.init_weights()
 
     def init_weights(self):
@@ -230,6 +328,19 @@ class Illama(nn.Module):
     def set_soft_mask_alpha(self, alpha: float):
         "Set α of the soft mask (Eq. 2): 1 is bidirectional, 0 is causal. Called every iteration while training."
         self.soft_mask_alpha = float(check_range('soft_mask_alpha', alpha, 0, 1))
+
+    def set_input_size(self, img_size):
+        "Change the input resolution in place: new patch grid, LPE resampled bicubically, rotary table rebuilt."
+        cfg = self.cfg.replace(img_size=img_size)      # validates the new size
+        old = self.cfg.grid_size
+        self.patch_embed.img_size, self.patch_embed.grid_size = cfg.img_size, cfg.grid_size
+        self.patch_embed.num_patches = cfg.num_patches
+        if self.pos_embed is not None:
+            with torch.no_grad():
+                self.pos_embed = nn.Parameter(resample_pos_embed(self.pos_embed.data, cfg.grid_size, old, cfg.cls_pos))
+        if self.rope is not None: self.rope.resize(cfg.grid_size)
+        self.cfg = cfg
+        return self
 
     def attention_mask(self, n):
         "The mask object of this step for `n` tokens (None for bidirectional attention)."
@@ -252,7 +363,43 @@ class Illama(nn.Module):
         x = x[:, self.cls_index]
         return x if pre_logits else self.head(x)
 
-    def forward(self, x): return self.forward_head(self.forward_features(x))
+    def forward(self, x):
+        "Logits: `forward_head(forward_features(x))`, with only the class token's output computed in the last block."
+        x = self.tokens(x)
+        mask = self.attention_mask(x.shape[1])
+        for blk in self.blocks[:-1]: x = blk(x, mask, self.rope)
+        x = self.blocks[-1](x, mask, self.rope, query=self.cls_index)    # (B, 1, C): the class token
+        return self.head(self.norm(x)[:, 0])
+
+    def forward_intermediates(self, x, indices=None, return_prefix_tokens: bool = False, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = 'NCHW', intermediates_only: bool = False):
+        "timm's feature API: outputs of blocks `indices`, patches as maps (NCHW) or tokens (NLC), class token apart."
+        check_choice('output_fmt', output_fmt, ('NCHW', 'NLC'))
+        take, last = feature_take_indices(len(self.blocks), indices)
+        x = self.tokens(x)
+        mask = self.attention_mask(x.shape[1])
+        out = []
+        for i, blk in enumerate(self.blocks[:last + 1] if stop_early else self.blocks):
+            x = blk(x, mask, self.rope)
+            if i in take: out.append(self.split_cls(self.norm(x) if norm else x, output_fmt))
+        out = [(p, c) if return_prefix_tokens else p for p, c in out]
+        return out if intermediates_only else (self.norm(x), out)
+
+    def split_cls(self, x, output_fmt: str = 'NLC'):
+        "(patch tokens, class token) of a sequence `x`: the patches as (B, N, C), or as a (B, C, H, W) map for 'NCHW'."
+        c = self.cls_index
+        cls, patches = x[:, c:c + 1], torch.cat([x[:, :c], x[:, c + 1:]], 1)
+        if output_fmt == 'NCHW': patches = patches.unflatten(1, self.cfg.grid_size).permute(0, 3, 1, 2).contiguous()
+        return patches, cls
+
+    def prune_intermediate_layers(self, indices=1, prune_norm: bool = False, prune_head: bool = True):
+        "Keep only the blocks up to the last of `indices` (and drop the norm, the head): timm's `features_only`."
+        take, last = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[:last + 1]
+        self.cfg = self.cfg.replace(depth=last + 1)
+        if prune_norm: self.norm = nn.Identity()
+        if prune_head: self.reset_classifier(0)
+        return take
 
     # timm conventions
     @torch.jit.ignore
@@ -271,19 +418,15 @@ class Illama(nn.Module):
                 f"lpe={c.lpe}, rope={c.rope}, soft_mask_alpha={self.soft_mask_alpha}")
 
 # %% ../nbs/00_vit.ipynb #d67ac0d2
-SIZES = {  # Table 11: depth, embedding dim, heads; the paper's #params (M) and MACs (G) at 224², 1000 classes
-    'tiny':  dict(depth=12, embed_dim=192,  num_heads=3,  params_m=5.7,   macs_g=1.3),
-    'small': dict(depth=12, embed_dim=384,  num_heads=6,  params_m=21.9,  macs_g=4.6),
-    'base':  dict(depth=12, embed_dim=768,  num_heads=12, params_m=86.3,  macs_g=17.6),
-    'large': dict(depth=24, embed_dim=1024, num_heads=16, params_m=310.2, macs_g=62.8),
-}
+SIZES = {s: {k: row[k] for k in ('depth', 'embed_dim', 'num_heads')} for s, row in TABLE11.items()}   # Table 11
 
 def size_config(size: str) -> dict:
     "The `IllamaConfig` fields of a Table 11 size."
-    s = check_choice('size', size, tuple(SIZES))
-    return {k: v for k, v in SIZES[s].items() if k in ('depth', 'embed_dim', 'num_heads')}
+    return dict(SIZES[check_choice('size', size, tuple(SIZES))])
 
 # %% ../nbs/00_vit.ipynb #62975aa9
+PAPER_KEYS = ('tiny', 'tiny_train_loss', 'base', 'base_train_loss')
+
 @dataclass(frozen=True)
 class RoadmapStep:
     "One row of the roadmap: the model (`arch`) and recipe (`train`) changes relative to the ViT baseline."
@@ -291,17 +434,24 @@ class RoadmapStep:
     arch: dict
     train: dict
     tables: tuple = ()
-    paper: dict | None = None
     aliases: tuple = ()
     note: str = ''
 
+    @property
+    def paper(self) -> dict | None:
+        "The paper's top-1 and final training loss of this row (`PAPER_KEYS`), from `illama.paper`'s Table 17 or 1."
+        row = TABLE17.get(self.name, TABLE1.get(self.name))
+        return None if row is None else {k: row.get(k) for k in PAPER_KEYS}
+
 ROADMAP: dict[str, RoadmapStep] = {}
 
-def add_step(name, parent=None, arch=None, train=None, tables=(), paper=None, aliases=(), note=''):
+def add_step(name, parent=None, arch=None, train=None, tables=(), aliases=(), note=''):
     "Register a roadmap step as `parent` plus some changes; returns it."
-    base = ROADMAP[parent] if parent else None
-    step = RoadmapStep(name, {**(base.arch if base else {}), **(arch or {})}, {**(base.train if base else {}), **(train or {})},
-                       tuple(tables), paper, tuple(aliases), note)
+    if parent is not None and parent not in ROADMAP:
+        raise ValueError(f"parent={parent!r} is not a registered step; import the chapter that adds it first")
+    base = ROADMAP[parent] if parent else RoadmapStep('', {}, {})
+    step = RoadmapStep(name, {**base.arch, **(arch or {})}, {**base.train, **(train or {})},
+                       tuple(tables), tuple(aliases), note)
     ROADMAP[name] = step
     return step
 
@@ -322,6 +472,5 @@ def create_roadmap_model(step, size='tiny', **overrides) -> Illama:
     "Build the model of a roadmap step, e.g. `create_roadmap_model('+ PS [cls]', 'tiny', num_classes=10)`."
     return Illama(roadmap_config(step, size, **overrides))
 
-add_step('ViT', tables=('table17',), paper=dict(tiny=73.8, tiny_train_loss=3.451, base=81.5, base_train_loss=2.828),
-         aliases=('vit baseline', 'baseline'),
+add_step('ViT', tables=('table17',), aliases=('vit baseline', 'baseline'),
          note='DeiT-style ViT with the basic recipe of Table 12 (the published DeiT numbers are 72.2 / 81.8)')

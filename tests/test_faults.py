@@ -152,3 +152,66 @@ def test_python_api_refuses_clearly(world):
     m = create_roadmap_model('ViT', **dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2, num_classes=3))
     with pytest.raises(ValueError, match='is not a checkpoint'): load_init(m, world['t'] / 'notes.txt')
     with pytest.raises(ValueError, match='cannot be read'): read_checkpoint(world['t'] / 'trunc' / CKPT)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# illama-docs: --out is replaced by the build, so anything that is not absent, an empty folder, or a site illama-docs
+# built (it has the marker file) is refused before building: exit 2, one message naming --out, nothing touched.
+from illama.workshop.docs import main as docs_main, SITE_MARKER
+
+DOCS_ROOT = Path(__file__).resolve().parents[1]
+
+@pytest.fixture
+def docs_places(tmp_path):
+    "A user's folder with a file in it, a plain file, and a folder inside /proc, where nothing can be written."
+    (tmp_path / 'mine').mkdir()
+    (tmp_path / 'mine' / 'thesis.tex').write_text('years of work')
+    (tmp_path / 'afile').write_text('keep me')
+    return dict(t=str(tmp_path), root=str(DOCS_ROOT))
+
+DOCS_CASES = [   # (--out, what the message must say after "--out='<path>' is not allowed: ")
+    ('{t}/mine', 'illama-docs did not build'),
+    ('{t}/afile', 'it is a file'),
+    ('{root}/experiments', 'illama-docs did not build'),
+    ('{root}/nbs', 'illama-docs did not build'),
+    ('{root}', 'it holds the project'),
+    ('/proc/x', 'cannot write in'),
+]
+
+@pytest.mark.parametrize('out,why', DOCS_CASES, ids=[o for o, _ in DOCS_CASES])
+def test_illama_docs_refuses_out(docs_places, capsys, out, why):
+    out = out.format(**docs_places)
+    before = {k: _snapshot(p) for k, p in (('t', docs_places['t']), ('experiments', DOCS_ROOT / 'experiments'))}
+    code, err = _run_main(docs_main, ['--root', str(DOCS_ROOT), '--out', out, '--no-readme'], capsys)
+    assert code == 2, err
+    assert f"--out={str(Path(out).resolve())!r} is not allowed: " in err and why in err, err
+    assert 'Traceback' not in err and err.count('\n') == 1 and err.startswith('illama-docs: error: '), err
+    assert before == {k: _snapshot(p) for k, p in (('t', docs_places['t']), ('experiments', DOCS_ROOT / 'experiments'))}
+    assert (Path(docs_places['t']) / 'mine' / 'thesis.tex').read_text() == 'years of work'
+
+def test_illama_docs_refuses_a_root_that_is_not_a_project(docs_places, capsys):
+    code, err = _run_main(docs_main, ['--root', docs_places['t'], '--out', f"{docs_places['t']}/site"], capsys)
+    assert code == 2 and f"--root={docs_places['t']!r} is not allowed: it has no _quarto.yml" in err, err
+    assert not (Path(docs_places['t']) / 'site').exists() and 'Traceback' not in err
+
+def test_illama_docs_accepts_only_its_own_sites(docs_places):
+    "An empty folder and a folder with the marker pass the check (the build itself is tested by tests/test_docs.py)."
+    from illama.workshop.docs import check_out
+    site = Path(docs_places['t']) / 'old-site'
+    site.mkdir()
+    (site / 'index.html').write_text('old')
+    with pytest.raises(ValueError, match='did not build'): check_out(site, DOCS_ROOT, '--out')
+    (site / SITE_MARKER).write_text('')
+    assert check_out(site, DOCS_ROOT, '--out') == site.resolve()
+    (Path(docs_places['t']) / 'empty').mkdir()
+    assert check_out(Path(docs_places['t']) / 'empty', DOCS_ROOT, '--out').is_dir()
+
+def test_illama_docs_commands_exit_2_without_a_traceback(docs_places):
+    "The console script and `python -m illama.workshop.docs`: exit 2, one line naming --out, the file untouched."
+    bin_ = Path(sys.executable).parent
+    for cmd in ([str(bin_ / 'illama-docs')], [sys.executable, '-m', 'illama.workshop.docs']):
+        r = subprocess.run(cmd + ['--root', str(DOCS_ROOT), '--out', f"{docs_places['t']}/afile"], capture_output=True,
+                           text=True, timeout=300, cwd=docs_places['t'])
+        assert r.returncode == 2 and "--out=" in r.stderr and 'it is a file' in r.stderr, r.stderr
+        assert 'Traceback' not in r.stderr and r.stderr.count('\n') == 1 and r.stdout == '', r.stderr
+    assert (Path(docs_places['t']) / 'afile').read_text() == 'keep me'

@@ -11,6 +11,7 @@ import torch
 from ..results import mean_sd, signed
 from ..data import write_text_atomic, find_data
 from .. import paper
+from ..vit import use_kernels
 from .tables import REGIME_NOTES
 from .analyses import trained_model, val_subset, val_set, denormalise
 
@@ -25,8 +26,9 @@ def block_attention(blk, h: torch.Tensor, mask=None, rope=None) -> torch.Tensor:
     "The attention probabilities (B, heads, N, N) of block `blk` on its input `h`, with the model's mask and RoPE."
     a = blk.attn
     B, N, _ = h.shape
-    q, k, _ = a.qkv(blk.norm1(h)).view(B, N, 3, a.num_heads, a.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-    if rope is not None: q, k = rope(q, k)
+    qkv = a.qkv(blk.norm1(h)).view(B, N, 3, a.num_heads, a.head_dim)
+    with use_kernels('reference'):                   # chapter 4's rotation, as written
+        q, k, _ = qkv.permute(2, 0, 3, 1, 4).unbind(0) if rope is None else rope(qkv)   # (B, heads, N, d) each
     s = (q.float() @ k.float().transpose(-2, -1)) * a.head_dim ** -0.5
     if mask is None: return s.softmax(-1)
     S = mask.dense(h.device, s.dtype)

@@ -160,6 +160,12 @@ REGIME_NOTES = {'cpu': 'Imagenette-160 val top-1 (%), iLLaMA-T width at 64 token
                 'paper': 'ImageNet-1K val top-1 (%), the paper recipe'}
 
 # %% ../../nbs/14_tables.ipynb #1bfc7a41
+def _revisions(revs) -> str:
+    "The git revisions of a table's runs: listed when few, counted when many (each result file records its own)."
+    if len(revs) <= 3: return ', '.join(sorted(revs)) or '–'
+    dirty = sum(r.endswith('-dirty') for r in revs)
+    return f"{len(revs)} ({dirty} of them -dirty), each run's in its result file (`git_rev`)"
+
 def _regime_note(table, regime):
     "What a short regime changes in a table's rows, so the rows read right beside the paper's."
     r = REGIMES.get(regime, {})
@@ -198,7 +204,7 @@ def render_table(table: str, regime: str, root='experiments', res=None) -> str:
         lines.append('| ' + ' | '.join(cells) + ' |')
     lines += ['', f"Paper: ImageNet-1K top-1 (%) after 300 epochs. Ours: {REGIME_NOTES.get(regime, regime)}. "
               f"'?' = not given by the paper or lost in the extracted text.{_regime_note(table, regime)} "
-              f"Git revision(s): {', '.join(sorted(revs)) or '–'}.", '']
+              f"Git revision(s): {_revisions(revs)}.", '']
     return '\n'.join(lines)
 
 # %% ../../nbs/14_tables.ipynb #aa69b158

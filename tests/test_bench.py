@@ -1,0 +1,54 @@
+"illama-bench: the targets from a result, the report, and a command that checks everything before measuring."
+import json, subprocess, sys
+from pathlib import Path
+import pytest
+from illama.workshop.bench import markdown_report, targets, main
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+def _row(img_s): return dict(infer_img_s=img_s, infer_s=dict(median=64 / img_s, min=0.5, max=0.7), params_m=5.7)
+
+def _result(illama_img_s=120.0):
+    return dict(settings=dict(device='cpu', device_name='CPU, 2 threads', torch='x', timm='y', batch=64, img_size=224,
+                              repeats=3, warmup=1, compile=False, bf16=False),
+                rows=[dict(size='T', deit=_row(100.0), illama=_row(illama_img_s), illama_flash=_row(80.0),
+                           illama_ref=_row(70.0))],
+                train={v: dict(train_step_s=t, train_s=dict(median=t, min=t, max=t))
+                       for v, t in (('deit', 1.0), ('illama', 0.65), ('illama_soft', 0.70))},
+                memory=dict(infer_deit=500.0, infer_illama=520.0, train577_illama=600.0, train577_illama_ref=1000.0))
+
+def test_targets_are_the_issues_ratios():
+    t = targets(_result())
+    assert [round(x['ratio'], 3) for x in t] == [1.2, 0.65, round(0.70 / 0.65, 3), 1.04, 0.6]
+    assert [x['goal'] for x in t] == ['≥ 1.15', '≤ 0.7', '≤ 1.1', '≤ 1.1', '≤ 0.7'] and all(x['met'] for x in t)
+    assert not targets(_result(110.0))[0]['met']                      # 1.10× misses iLLaMA-T's 1.15×
+
+def test_report_beside_table_6():
+    md = markdown_report(_result(), 'illama-bench --sizes T')
+    assert '| iLLaMA-T | 5.7 | 120.0 | 0.500–0.700 | 1.20× | 6958 | 1.15× |' in md, md
+    assert '| iLLaMA-T (soft mask, α=0.5) | 0.700 | 0.700–0.700 | 0.70× |' in md
+    assert '| training peak memory at 577 tokens vs reference attention | 0.60× | ≤ 0.7 | yes |' in md
+
+@pytest.mark.parametrize('args,msg', [(['--sizes', 'T,X'], "--sizes='T,X' is not allowed"),
+                                      (['--batch', '0'], '--batch=0 is not allowed'),
+                                      (['--img-size', '100'], '--img-size=100 is not allowed'),
+                                      (['--device', 'tpu'], "--device='tpu' is not allowed"),
+                                      (['--out', '/proc/x/t.md'], "--out='/proc/x/t.md' cannot be written")])
+def test_bad_options_exit_2_before_measuring(args, msg, tmp_path):
+    r = subprocess.run([str(BIN / 'illama-bench'), *args], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 2 and msg in r.stderr and 'Traceback' not in r.stderr, r.stderr
+    assert r.stdout == '' and not (tmp_path / 'runs').exists()        # nothing measured, nothing written
+
+def test_a_tiny_run_writes_its_report_and_exits_0(tmp_path):
+    out = tmp_path / 'b' / 'bench.md'
+    r = subprocess.run([sys.executable, '-m', 'illama.workshop.bench', '--sizes', 'T', '--batch', '2', '--img-size', '32',
+                        '--repeats', '1', '--warmup', '0', '--no-memory', '--out', str(out)],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.with_suffix('.json').read_text())
+    assert res['rows'][0]['size'] == 'T' and 'train' in res and out.read_text().startswith('# iLLaMA against DeiT')
+
+def test_the_default_output_is_not_the_committed_table(tmp_path):
+    from illama.workshop.bench import _parser
+    assert _parser().get_default('out') == 'runs/bench/throughput_{device}.md'   # experiments/ only when named
