@@ -20,8 +20,8 @@ __all__ = ['SKIP_FLAGS', 'SITE_MARKER', 'RENDERERS', 'NOT_RUN', 'RUN_COLUMNS', '
            'DocBlock', 'show_doc', 'DocsError', 'skip_cell', 'run_notebook', 'process_notebook', 'notebook_markdown',
            'make_readme', 'tex_to_mathml', 'offline_maths', 'fix_anchors', 'check_root', 'check_out', 'make_workdir',
            'pick_renderer', 'render_project', 'finish_site', 'build_docs', 'main', 'regime_results', 'table_md',
-           'paper_and_ours', 'claims_md', 'runs_table', 'soft_mask_figures', 'roadmap_top1', 'plot_roadmap',
-           'module_layers', 'architecture_table', 'api_modules', 'api_reference']
+           'paper_and_ours', 'claims_md', 'runs_table', 'soft_mask_figures', 'analysis_outputs', 'analysis_md',
+           'roadmap_top1', 'plot_roadmap', 'module_layers', 'architecture_table', 'api_modules', 'api_reference']
 
 # %% ../../nbs/90_docs.ipynb #ad56fa93
 _num_re = re.compile(r'^(\d+)[a-zA-Z0-9]*_')
@@ -558,6 +558,17 @@ def soft_mask_figures(results: dict, root='experiments') -> dict[str, Path]:
     "Fig. 3(b) of each regime that has it: `{regime: path}`."
     figs = {g: Path(root) / 'tables' / g / 'fig3b_soft_mask.png' for g in results}
     return {g: p for g, p in figs.items() if p.is_file()}
+
+def analysis_outputs(regime: str, root='experiments') -> dict[str, tuple]:
+    "Each analysis of chapters 16–19: `{name: (its table `<prefix>.md` or None, its figures `<prefix>*.png`)}`."
+    from illama.workshop.analyses import ANALYSES
+    folder = Path(root) / 'tables' / regime
+    def md(a): return folder / f'{a.prefix}.md' if (folder / f'{a.prefix}.md').is_file() else None
+    return {a.name: (md(a), sorted(folder.glob(f'{a.prefix}*.png'))) for a in ANALYSES.values()}
+
+def analysis_md(text: str) -> str:
+    "An analysis table's markdown one heading level down, to sit under the page's section."
+    return re.sub(r'^(#+) ', r'#\1 ', text, flags=re.M)
 
 # %% ../../nbs/90_docs.ipynb #3b9e7d21
 def roadmap_top1(res: Results) -> dict[str, float]:
