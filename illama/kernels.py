@@ -167,10 +167,10 @@ def rotate_qk(qk, cos, sin):
 
 # %% ../nbs/07_kernels.ipynb #7d04d80c
 def _rms_forward(x, weight, eps: float):
-    "Chapter 2's formula in fewer passes (`square`, in-place steps on new tensors); the same numbers. Returns (y, r)."
-    xf = x.float()
-    r = xf.square().mean(-1, keepdim=True).add_(eps).rsqrt_()
-    y = (xf * r).type_as(x)
+    "Chapter 2's formula with one new (N, dim) tensor: the statistic from one fused reduction in float32. (y, r)."
+    r = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32)    # √Σx², float32, no copy of x
+    r = r.square_().div_(x.shape[-1]).add_(eps).rsqrt_()                          # (mean x² + ε)^-½
+    y = torch.mul(x, r).type_as(x)                                                 # x̂ in float32, back to x's dtype
     return (y.mul_(weight) if y.dtype == weight.dtype else y * weight), r
 
 class RMSNormFunction(torch.autograd.Function):

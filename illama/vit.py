@@ -16,7 +16,7 @@ from . import kernels
 from .paper import TABLE1, TABLE11, TABLE17
 
 # %% auto #0
-__all__ = ['FFN_LAYERS', 'NORM_LAYERS', 'ATTN_MODES', 'ROPES', 'KERNELS', 'SIZES', 'PAPER_KEYS', 'ROADMAP', 'Registry',
+__all__ = ['FFN_LAYERS', 'NORM_LAYERS', 'ATTN_MODES', 'ROPES', 'RETIRED', 'KERNELS', 'SIZES', 'PAPER_KEYS', 'ROADMAP', 'Registry',
            'check_choice', 'check_range', 'check_positive', 'check_bool', 'IllamaConfig', 'PatchEmbed', 'Mlp',
            'layer_norm', 'kernel_choice', 'use_kernels', 'runs_materialised', 'softmax_attention', 'Attention', 'Block',
            'bidirectional_mask', 'no_rope', 'resample_pos_embed', 'Illama', 'size_config', 'RoadmapStep', 'add_step',
@@ -151,6 +151,13 @@ class IllamaConfig:
         return replace(self, **kw)
 
     def to_dict(self): return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> IllamaConfig:
+        "The config saved by `to_dict` (a checkpoint's `model` entry); fields of older versions are dropped (`RETIRED`)."
+        return cls().replace(**{k: v for k, v in d.items() if k not in RETIRED})
+
+RETIRED = ('soft_mask_alpha',)   # config fields that moved: α is the model's state now (`Illama.set_soft_mask_alpha`)
 
 # %% ../nbs/00_vit.ipynb #73ad4edd
 class PatchEmbed(nn.Module):

@@ -74,7 +74,7 @@ def trained_checkpoint(label: str, regime: str, seed: int, root='experiments', d
 def load_model(ck) -> Illama:
     "The model in checkpoint `ck` (its own config), in eval mode, with causal attention (soft-mask α = 0)."
     t, meta, _ = read_checkpoint(ck)
-    model = Illama(IllamaConfig(**meta['model']))
+    model = Illama(IllamaConfig.from_dict(meta['model']))
     model.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith('model.')})
     model.set_soft_mask_alpha(0.0)
     return model.eval()
