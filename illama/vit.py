@@ -154,7 +154,7 @@ class IllamaConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> IllamaConfig:
-        "The config saved by `to_dict` (a checkpoint's `model` entry); fields of older versions are dropped (`RETIRED`)."
+        "The config saved by `to_dict` (a checkpoint's `model` entry); retired fields of older versions are dropped."
         return cls().replace(**{k: v for k, v in d.items() if k not in RETIRED})
 
 RETIRED = ('soft_mask_alpha',)   # config fields that moved: α is the model's state now (`Illama.set_soft_mask_alpha`)
