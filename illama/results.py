@@ -9,8 +9,8 @@ from pathlib import Path
 from .data import write_text_atomic
 
 # %% auto #0
-__all__ = ['STATUSES', 'ResultError', 'check_result', 'revision', 'write_result', 'read_result', 'Results', 'run_id_of',
-           'load_results', 'fmt', 'mean_sd', 'signed']
+__all__ = ['STATUSES', 'ResultError', 'check_result', 'revision', 'write_result', 'read_result', 'write_analysis',
+           'read_analysis', 'Results', 'run_id_of', 'load_results', 'fmt', 'mean_sd', 'signed']
 
 # %% ../nbs/12_results.ipynb #ce0b0157
 STATUSES = ('ok', 'failed')
@@ -48,6 +48,19 @@ def read_result(path) -> dict:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ResultError(f"{path}: not a readable JSON file ({e})") from e
     return check_result(r, path)
+
+def write_analysis(path, res: dict) -> Path:
+    "Write the result of an analysis (chapters 16–19) as JSON, one top-level key a line, atomically."
+    body = ',\n'.join(f' {json.dumps(k)}: {json.dumps(v)}' for k, v in res.items())
+    return write_text_atomic(path, '{\n' + body + '\n}\n')
+
+def read_analysis(path) -> dict | None:
+    "The analysis result in `path`, or None when it was not run; an unreadable file is reported, never used."
+    p = Path(path)
+    if not p.exists(): return None
+    try: a = json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e: return dict(status='corrupt', error=f'{p}: {e}')
+    return a if isinstance(a, dict) else dict(status='corrupt', error=f'{p}: not a JSON object')
 
 # %% ../nbs/12_results.ipynb #e31a2c93
 class Results(dict):

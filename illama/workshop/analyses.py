@@ -11,18 +11,18 @@ import torch
 from ..vit import Illama, IllamaConfig, check_choice
 from ..train import CKPT, read_checkpoint, load_tensors
 from ..data import BatchAugment, IMAGENET_MEAN, IMAGENET_STD, git_revision, write_text_atomic
-from ..results import ResultError, load_results, read_result, fmt, mean_sd, signed
+from ..results import ResultError, load_results, read_result, read_analysis, write_analysis
+from ..results import fmt, mean_sd, signed
 from .. import paper
 from .tables import RowSpec, get_rows, row_recipe, result_path, checkpoint_dir, analysis_path
-from .tables import read_analysis, REGIME_NOTES
+from .tables import REGIME_NOTES
 from .repro import run_row, run_lock, train_row, nbs_dir, failure_reason, _strip_images
 
 # %% auto #0
 __all__ = ['MODELS', 'ANALYSIS_SEEDS', 'ANALYSES', 'AUTHORS_RUNS', 'model_spec', 'checkpoint_done', 'trained_checkpoint',
            'load_model', 'trained_model', 'val_set', 'val_subset', 'denormalise', 'predict', 'top1', 'Analysis',
-           'get_analysis', 'write_analysis', 'render_analysis', 'run_analysis', 'per_model', 'run_analyses',
-           'authors_logs_dir', 'read_authors_log', 'soft_mask_dip', 'compute_table4', 'render_table4_md', 'plot_table4',
-           'render_table4']
+           'get_analysis', 'render_analysis', 'run_analysis', 'per_model', 'run_analyses', 'authors_logs_dir',
+           'read_authors_log', 'soft_mask_dip', 'compute_table4', 'render_table4_md', 'plot_table4', 'render_table4']
 
 # %% ../../nbs/16_analyses.ipynb #f44a35b1
 MODELS = {'ViT': ('table17', 'ViT'), 'iLLaMA': ('table17', '+ soft mask'),
@@ -149,11 +149,6 @@ def get_analysis(name: str) -> Analysis:
     return ANALYSES[check_choice('analysis', name, tuple(ANALYSES))]
 
 # %% ../../nbs/16_analyses.ipynb #360e82f4
-def write_analysis(path, res: dict) -> Path:
-    "Write an analysis result as JSON, one top-level key a line, atomically."
-    body = ',\n'.join(f' {json.dumps(k)}: {json.dumps(v)}' for k, v in res.items())
-    return write_text_atomic(path, '{\n' + body + '\n}\n')
-
 def render_analysis(name: str, res: dict, root='experiments', regime='cpu') -> list[Path]:
     "Draw analysis `name`'s table and figures from its result into `root/tables/<regime>/`."
     folder = Path(root) / 'tables' / regime
@@ -163,7 +158,8 @@ def render_analysis(name: str, res: dict, root='experiments', regime='cpu') -> l
 def run_analysis(name: str, regime: str, seeds=ANALYSIS_SEEDS, data=None, root='experiments', force=False,
                  log=print, **kw) -> dict:
     "Compute analysis `name` for `regime` (or read its result), write the result file, the table and the figures."
-    path, old = analysis_path(root, regime, name), read_analysis(root, regime, name)
+    path = analysis_path(root, regime, name)
+    old = read_analysis(path)
     if old and old.get('status') == 'ok' and not force:
         log(f'skip analysis {name}: done ({path})')
         res = old
@@ -196,7 +192,7 @@ def per_model(name: str, regime: str, root, models, seeds, fn, settings: str = '
 # %% ../../nbs/16_analyses.ipynb #668ea18d
 def _record_analysis_failure(name, regime, root, e, timeout) -> str:
     why = failure_reason(e, timeout)
-    old = read_analysis(root, regime, name)
+    old = read_analysis(analysis_path(root, regime, name))
     if not (old and old.get('status') == 'ok'):
         write_analysis(analysis_path(root, regime, name), dict(analysis=name, regime=regime, status='failed',
                                                                 error=why, git_rev=git_revision()))
@@ -218,7 +214,7 @@ def run_analyses(names=None, regime='cpu', seeds=ANALYSIS_SEEDS, root='experimen
     "Run analyses (all by default) through their chapters, or redraw them from their results; the number that failed."
     root, failed = Path(root).resolve(), 0
     for name in names or ANALYSES:
-        a, done = get_analysis(name), read_analysis(root, regime, name)
+        a, done = get_analysis(name), read_analysis(analysis_path(root, regime, name))
         if done and done.get('status') == 'ok' and not force:
             files = render_analysis(name, done, root, regime)
             log(f"skip analysis {name}: done; redrawn from its result: {', '.join(p.name for p in files)}")

@@ -12,14 +12,14 @@ from .. import paper
 from ..soft_mask import TUNED_MIXUP_CUTMIX
 from ..train import REGIMES, step_recipe
 from ..data import write_text_atomic
-from ..results import load_results, fmt, mean_sd, signed, revision
+from ..results import load_results, read_analysis, fmt, mean_sd, signed, revision
 
 # %% auto #0
 __all__ = ['DEIT_MIXUP_CUTMIX', 'TABLES', 'TABLE_TITLES', 'PAPER_COLUMNS', 'REGIME_NOTES', 'PAPER_CHANCE', 'CLAIMS',
            'ANALYSIS_CLAIMS', 'RowSpec', 'get_rows', 'row_recipe', 'result_path', 'run_notebook_path', 'checkpoint_dir',
            'summarize_row', 'status_cell', 'render_table', 'plot_soft_mask_curves', 'Claim', 'pooled_sd', 'seed_sd',
-           'check_claim', 'analysis_path', 'read_analysis', 'MetricClaim', 'expect_sign', 'check_metric_claim',
-           'render_metric_claims', 'render_claims', 'write_tables']
+           'check_claim', 'analysis_path', 'MetricClaim', 'expect_sign', 'check_metric_claim', 'render_metric_claims',
+           'render_claims', 'write_tables']
 
 # %% ../../nbs/14_tables.ipynb #956d0d36
 def _slug(s): return re.sub(r'[^a-z0-9]+', '-', s.lower()).strip('-')
@@ -328,13 +328,6 @@ def analysis_path(root, regime: str, name: str) -> Path:
     "Where analysis `name` (chapters 16–19) keeps its result for `regime`."
     return Path(root) / 'results' / regime / 'analyses' / f'{name}.json'
 
-def read_analysis(root, regime: str, name: str) -> dict | None:
-    "The result of an analysis, or None when it was not run; an unreadable file is reported, never used."
-    p = analysis_path(root, regime, name)
-    if not p.exists(): return None
-    try: a = json.loads(p.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e: return dict(status='corrupt', error=f'{p}: {e}')
-    return a if isinstance(a, dict) else dict(status='corrupt', error=f'{p}: not a JSON object')
 
 @dataclass(frozen=True)
 class MetricClaim:
@@ -444,7 +437,7 @@ def render_metric_claims(regime: str, root='experiments', claims=None) -> str:
              '|---' * len(cols) + '|']
     cache = {}
     for c in claims or ANALYSIS_CLAIMS:
-        an = cache.setdefault(c.analysis, read_analysis(root, regime, c.analysis))
+        an = cache.setdefault(c.analysis, read_analysis(analysis_path(root, regime, c.analysis)))
         lines.append(_metric_claim_line(c, check_metric_claim(c, an)))
     lines += ['', "σ is the pooled seed sd of each metric (df-weighted variances of groups of seeds), computed over "
               "the pool its column names. Δ is inside the seed spread when |Δ| ≤ 2σ·√(1/nₐ + 1/n_b) (2σ/√nₐ against "
