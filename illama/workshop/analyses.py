@@ -21,8 +21,9 @@ from .repro import run_row, run_lock, train_row, nbs_dir, failure_reason, _strip
 # %% auto #0
 __all__ = ['MODELS', 'ANALYSIS_SEEDS', 'ANALYSES', 'AUTHORS_RUNS', 'model_spec', 'checkpoint_done', 'trained_checkpoint',
            'load_model', 'trained_model', 'val_set', 'val_subset', 'denormalise', 'predict', 'top1', 'Analysis',
-           'get_analysis', 'render_analysis', 'run_analysis', 'per_model', 'run_analyses', 'authors_logs_dir',
-           'read_authors_log', 'soft_mask_dip', 'compute_table4', 'render_table4_md', 'plot_table4', 'render_table4']
+           'get_analysis', 'render_analysis', 'run_analysis', 'per_model', 'run_analyses', 'redraw_analyses',
+           'authors_logs_dir', 'read_authors_log', 'soft_mask_dip', 'compute_table4', 'render_table4_md', 'plot_table4',
+           'render_table4']
 
 # %% ../../nbs/16_analyses.ipynb #f44a35b1
 MODELS = {'ViT': ('table17', 'ViT'), 'iLLaMA': ('table17', '+ soft mask'),
@@ -229,6 +230,14 @@ def run_analyses(names=None, regime='cpu', seeds=ANALYSIS_SEEDS, root='experimen
             log(f'FAILED analysis {name}: {why}')
             failed += 1
     return failed
+
+def redraw_analyses(regime: str, root='experiments') -> list[Path]:
+    "Redraw the table and figures of every analysis that has a finished result in `regime`; nothing is computed."
+    out = []
+    for name in ANALYSES:
+        res = read_analysis(analysis_path(root, regime, name))
+        if res and res.get('status') == 'ok': out += render_analysis(name, res, root, regime)
+    return out
 
 # %% ../../nbs/16_analyses.ipynb #b906fc8b
 def authors_logs_dir() -> Path:

@@ -154,7 +154,8 @@ def _parser():
                                  description="Run rows of the paper's tables through their chapters (papermill) and "
                                              "write the tables.")
     ap.add_argument('tables', nargs='+', help=f"tables to run: {', '.join(TABLES)}, 'all', 'tables' (only rebuild "
-                                              f"the tables from the results) or 'analyses' (chapters 16-19)")
+                                              f"the tables and the analyses' figures from the results) or 'analyses' "
+                                              f"(chapters 16-19)")
     ap.add_argument('--rows', nargs='+', help='only these rows (names as in the table)')
     ap.add_argument('--only', nargs='+', metavar='NAME', help='analyses: only these (default: all of them)')
     ap.add_argument('--llama', help='analyses: a LLaMA checkpoint (Hugging Face layout) for weight_selection')
@@ -230,6 +231,9 @@ def main(argv=None) -> int:
         from illama.workshop.analyses import run_analyses, ANALYSIS_SEEDS
         failed += run_analyses(a.only, a.regime, a.seeds or ANALYSIS_SEEDS, a.root, data, a.force, a.timeout,
                                llama=str(Path(a.llama).resolve()) if a.llama else None)
+    if 'tables' in a.tables:                   # the analyses' tables and figures too, from their results
+        from illama.workshop.analyses import redraw_analyses
+        for p in redraw_analyses(a.regime, a.root): print(f'wrote {p}')
     for p in write_tables(a.regime, a.root): print(f'wrote {p}')
     return 1 if failed else 0
 
