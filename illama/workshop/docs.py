@@ -308,6 +308,7 @@ def make_readme(root='.', nb=None, quarto: bool | None = None) -> Path:
         return root / 'README.md'
     md = notebook_markdown(nb if nb is not None else root / 'nbs' / 'index.ipynb')
     md = re.sub(r'\]\((?![a-z]+:|/|#)([^)\s]+\.ipynb)', r'](nbs/\1', md)    # links between notebooks, from the root
+    md = re.sub(r'\]\((?![a-z]+:|/|#)([^)\s#]+)\.html(#[^)\s]*)?\)', r'](nbs/\1.ipynb)', md)  # nbdev's doc links
     return write_text_atomic(root / 'README.md', md)
 
 # %% ../../nbs/90_docs.ipynb #3f7a9d61
