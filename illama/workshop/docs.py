@@ -564,8 +564,8 @@ def analysis_outputs(regime: str, root='experiments') -> dict[str, tuple]:
     "Each analysis of chapters 16–19: `{name: (its table `<prefix>.md` or None, its figures `<prefix>*.png`)}`."
     from illama.workshop.analyses import ANALYSES
     folder = Path(root) / 'tables' / regime
-    def md(a): return folder / f'{a.prefix}.md' if (folder / f'{a.prefix}.md').is_file() else None
-    return {a.name: (md(a), sorted(folder.glob(f'{a.prefix}*.png'))) for a in ANALYSES.values()}
+    mds = {p.stem: p for p in folder.glob('*.md')}
+    return {a.name: (mds.get(a.prefix), sorted(folder.glob(f'{a.prefix}*.png'))) for a in ANALYSES.values()}
 
 def analysis_md(text: str) -> str:
     "An analysis table's markdown one heading level down, to sit under the page's section."
