@@ -146,14 +146,17 @@ def chunk_inference(q) -> bool:
 def post_softmax_chunked(q, k, v, alpha: float = 0.0, cls_row: int | None = None):
     "Exact Eq. 2, `(softmax(q kᵀ/√d) ⊙ S) v`, no autograd: a few images at a time, each chunk's n×n kept in cache."
     B, H, N, D = q.shape
-    per = max(1, CHUNK_BYTES // (H * N * N * q.element_size()))
+    per = max(1, CHUNK_BYTES // (H * N * N * q.element_size())) * H          # (image, head) pairs per chunk
     s = None if alpha == 0 and cls_row is None else _soft_mask(N, alpha, cls_row, q.device, q.dtype)
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    q, k, v = (t.contiguous().view(B * H, N, D) for t in (q, k, v))           # (B·H, n, d)
     out = torch.empty_like(q)
-    for b in range(0, B, per):
-        p = torch.softmax(torch.matmul(q[b:b + per], k[b:b + per].transpose(-2, -1)).mul_(D ** -0.5), -1)
-        torch.matmul(p.tril_() if s is None else p.mul_(s), v[b:b + per], out=out[b:b + per])
-    return out
+    ignored = q.new_zeros(()).expand(per, N, N)      # baddbmm's input, unread at beta=0: 1/√d rides on the product
+    for b in range(0, B * H, per):
+        a = torch.baddbmm(ignored[:len(q[b:b + per])], q[b:b + per], k[b:b + per].transpose(1, 2),
+                          beta=0, alpha=D ** -0.5)                            # (chunk, n, n) scores
+        p = torch.softmax(a, -1)
+        torch.bmm(p.tril_() if s is None else p.mul_(s), v[b:b + per], out=out[b:b + per])
+    return out.view(B, H, N, D)
 
 # %% ../nbs/07_kernels.ipynb #43181670
 def rotate_qk(qk, cos, sin):
