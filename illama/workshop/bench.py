@@ -18,9 +18,9 @@ from ..data import write_text_atomic
 from ..results import fmt
 
 # %% auto #0
-__all__ = ['SIZES', 'KERNELS_OF', 'NAMES', 'CPU_SHAPE', 'TARGETS', 'build', 'kernels_of', 'interleaved', 'spread', 'inference_fn',
-           'train_step_fn', 'peak_memory_mb', 'bench_inference', 'bench_train', 'bench_memory', 'run_benchmark',
-           'targets', 'markdown_report', 'profile_table', 'main']
+__all__ = ['SIZES', 'KERNELS_OF', 'NAMES', 'CPU_SHAPE', 'TARGETS', 'build', 'kernels_of', 'interleaved', 'spread', 'paired_ratio',
+           'inference_fn', 'train_step_fn', 'peak_memory_mb', 'bench_inference', 'bench_train', 'bench_memory',
+           'run_benchmark', 'targets', 'markdown_report', 'profile_table', 'main']
 
 # %% ../../nbs/08_benchmark.ipynb #af5a8213
 SIZES = {'T': ('tiny', 'vit_tiny_patch16_224', 'Ti'), 'S': ('small', 'vit_small_patch16_224', 'S'),
@@ -69,6 +69,12 @@ def interleaved(fns: dict, repeats: int = 5, warmup: int = 1, device='cpu', log=
 def spread(ts) -> dict:
     "Median, minimum and maximum of a list of timings."
     return dict(median=statistics.median(ts), min=min(ts), max=max(ts))
+
+def paired_ratio(num, den) -> dict:
+    "`spread` of the per-repeat ratios num[r] / den[r] of two interleaved timings: the drift of the machine cancels."
+    if len(num) != len(den) or not num: raise ValueError(f"paired timings need equal, non-zero lengths, got "
+                                                         f"{len(num)} and {len(den)}")
+    return spread([a / b for a, b in zip(num, den)])
 
 # %% ../../nbs/08_benchmark.ipynb #c0b1d2e3
 def inference_fn(model, x, variant, dtype=None):
@@ -151,7 +157,7 @@ def bench_inference(size, batch, img_size, repeats, warmup, device, compile=Fals
     if bf16: fns.update({f'{v}_bf16': inference_fn(models[v], x, v, torch.bfloat16) for v in ('deit', 'illama')})
     t = interleaved(fns, repeats, warmup + compile, device, log)
     row = {v: dict(params_m=sum(p.numel() for p in models[v.removesuffix('_bf16')].parameters()) / 1e6,
-                   infer_img_s=batch / statistics.median(t[v]), infer_s=spread(t[v])) for v in fns}
+                   infer_img_s=batch / statistics.median(t[v]), infer_s=spread(t[v]), times=t[v]) for v in fns}
     return dict(size=size, **row)
 
 def bench_train(repeats, warmup, device, batch=128, log=print):
@@ -164,7 +170,7 @@ def bench_train(repeats, warmup, device, batch=128, log=print):
         torch.manual_seed(0)
         fns[v] = train_step_fn(build(v, 'T', device, **CPU_SHAPE), x, y, v, dtype)
     t = interleaved(fns, repeats, warmup, device, log)
-    return {v: dict(train_step_s=statistics.median(t[v]), train_s=spread(t[v])) for v in fns}
+    return {v: dict(train_step_s=statistics.median(t[v]), train_s=spread(t[v]), times=t[v]) for v in fns}
 
 # %% ../../nbs/08_benchmark.ipynb #0695312e
 def bench_memory(device, batch=64, long_batch=32, log=print) -> dict:
@@ -205,8 +211,10 @@ def run_benchmark(sizes=('T', 'S', 'B'), batch=None, img_size=224, repeats=5, wa
 TARGETS = {'T': 1.15, 'S': 1.10, 'B': 1.10}   # inference vs DeiT of the size (the paper's A100 ratio for T)
 
 def _target(name, ratio, goal, higher: bool) -> dict:
-    return dict(name=name, ratio=ratio, goal=f"{'≥' if higher else '≤'} {goal}",
-                met=ratio >= goal if higher else ratio <= goal)
+    "A target met or not by `ratio`: a number (one measurement) or a paired `spread` (its median decides)."
+    r = ratio if isinstance(ratio, dict) else dict(median=ratio, min=None, max=None)
+    return dict(name=name, ratio=r['median'], low=r['min'], high=r['max'], goal=f"{'≥' if higher else '≤'} {goal}",
+                met=r['median'] >= goal if higher else r['median'] <= goal)
 
 def targets(res) -> list:
     "Every target the result has the measurements for: (name, ratio, goal, met)."
@@ -214,13 +222,13 @@ def targets(res) -> list:
     for row in res['rows']:
         s = row['size']
         out.append(_target(f"iLLaMA-{s} inference vs DeiT-{SIZES[s][2]} (images/s)",
-                           row['illama']['infer_img_s'] / row['deit']['infer_img_s'], TARGETS[s], True))
+                           paired_ratio(row['deit']['times'], row['illama']['times']), TARGETS[s], True))
     if 'train' in res:
         t = res['train']
         out.append(_target('training step at the cpu regime shape vs ViT (time)',
-                           t['illama']['train_step_s'] / t['deit']['train_step_s'], 0.70, False))
+                           paired_ratio(t['illama']['times'], t['deit']['times']), 0.70, False))
         out.append(_target('soft-mask phase vs causal phase (time)',
-                           t['illama_soft']['train_step_s'] / t['illama']['train_step_s'], 1.10, False))
+                           paired_ratio(t['illama_soft']['times'], t['illama']['times']), 1.10, False))
     if 'memory' in res:
         m = res['memory']
         out.append(_target('inference peak memory vs DeiT-Ti (224², batch 64)', m['infer_illama'] / m['infer_deit'],
@@ -231,6 +239,10 @@ def targets(res) -> list:
 
 # %% ../../nbs/08_benchmark.ipynb #9138b8ce
 def _ratio(a, b, f='{:.2f}×'): return '' if a is None or b is None else f.format(a / b)
+
+def _paired(r: dict) -> str:
+    "A paired ratio as '1.02× (0.69–1.21)': the median of the per-repeat ratios and their range."
+    return f"{r['median']:.2f}×" + ('' if r['min'] is None else f" ({r['min']:.2f}–{r['max']:.2f})")
 
 def _inference_lines(row) -> list[str]:
     s, (name, _, abbr) = row['size'], SIZES[row['size']]
@@ -244,7 +256,7 @@ def _inference_lines(row) -> list[str]:
         label = NAMES[v.removesuffix('_bf16')].format(abbr if v.startswith('deit') else s)
         cells = [label + (' bf16' if v.endswith('_bf16') else ''), fmt(r['params_m']), fmt(r['infer_img_s']),
                  f"{sp['min']:.3f}–{sp['max']:.3f}",
-                 '' if v.startswith('deit') else _ratio(r['infer_img_s'], ref['infer_img_s']), fmt(p, 0) if p else '',
+                 '' if v.startswith('deit') else _paired(paired_ratio(ref['times'], r['times'])), fmt(p, 0) if p else '',
                  _ratio(p, p_deit) if p and v == 'illama' else '']
         lines.append('| ' + ' | '.join(cells) + ' |')
     return lines
@@ -255,7 +267,7 @@ def _train_lines(t) -> list[str]:
              '|---|---|---|---|']
     for v, r in t.items():
         sp = r['train_s']
-        vs = '' if v == 'deit' else _ratio(r['train_step_s'], t['deit']['train_step_s'])
+        vs = '' if v == 'deit' else _paired(paired_ratio(r['times'], t['deit']['times']))
         name = NAMES[v].format('T') if v != 'deit' else 'ViT-T (timm)'
         lines.append(f"| {name} | {r['train_step_s']:.3f} | {sp['min']:.3f}–{sp['max']:.3f} | {vs} |")
     return lines
@@ -272,10 +284,11 @@ def markdown_report(res, command: str = '', profile: str = '') -> str:
     "The benchmark as markdown: inference beside Table 6, the training step, memory, the targets and the settings."
     st = res['settings']
     lines = [f"# iLLaMA against DeiT: inference, training step and memory ({st['device_name']})", '',
-             f"One run, the variants interleaved; medians of {st['repeats']} repeats after {st['warmup']} warm-up, "
-             f"with the fastest and slowest repeat beside them. Inference: float32, batch {st['batch']}, "
-             f"{st['img_size']}² images; torch {st['torch']}, timm {st['timm']}. Ratios are against DeiT of the same "
-             f"size in the same run; Table 6 is the paper's (A100, batch 1024).", '']
+             f"One run, the variants interleaved; {st['repeats']} repeats after {st['warmup']} warm-up: medians, with "
+             f"the fastest and slowest repeat beside them. Ratios are against DeiT of the same size, repeat by repeat "
+             f"(the calls of one repeat run back to back): the median of the per-repeat ratios, their range in "
+             f"brackets. Inference: float32, batch {st['batch']}, {st['img_size']}² images; torch {st['torch']}, "
+             f"timm {st['timm']}. Table 6 is the paper's (A100, batch 1024).", '']
     if command: lines += ['```', command, '```', '']
     lines += ['| model | params (M) | images/s | s / batch, min–max | vs DeiT | Table 6 images/s | Table 6 vs DeiT |',
               '|' + '---|' * 7]
@@ -283,8 +296,8 @@ def markdown_report(res, command: str = '', profile: str = '') -> str:
     if 'train' in res: lines += ['', *_train_lines(res['train'])]
     if 'memory' in res: lines += ['', *_memory_lines(res['memory'])]
     lines += ['', '| target | measured | goal | met |', '|---|---|---|---|']
-    lines += [f"| {t['name']} | {t['ratio']:.2f}× | {t['goal']} | {'yes' if t['met'] else '**no**'} |"
-              for t in targets(res)]
+    lines += [f"| {t['name']} | {_paired(dict(median=t['ratio'], min=t['low'], max=t['high']))} | {t['goal']} | "
+              f"{'yes' if t['met'] else '**no**'} |" for t in targets(res)]
     if profile: lines += ['', '## Profile (top operators, one inference batch)', '', '```', profile.rstrip(), '```']
     return '\n'.join(lines) + '\n'
 
