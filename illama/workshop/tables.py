@@ -408,7 +408,8 @@ def check_metric_claim(c: MetricClaim, an: dict | None) -> dict:
     out = dict(claim=c.claim, paper=c.paper, n_a=0, n_b=None, delta=None, band=None, sigma=None, pool='')
     if an is None: return dict(out, verdict='not run')
     if an.get('status') != 'ok':
-        return dict(out, verdict=f"{an.get('status', 'failed')}: {an.get('error') or an.get('note') or ''}"[:160])
+        said = (an.get('error') or an.get('note') or '').split('. ')[0]       # its first sentence: a table cell
+        return dict(out, verdict=f"{an.get('status', 'failed')}: {said[:160]}")
     ma, mb = c.metrics
     a, b = _values(an, ma, c.a), None if c.b is None else _values(an, mb, c.b)
     out.update(n_a=len(a), n_b=None if b is None else len(b))
