@@ -152,10 +152,10 @@ def post_softmax_chunked(q, k, v, alpha: float = 0.0, cls_row: int | None = None
     out = torch.empty_like(q)
     ignored = q.new_zeros(()).expand(per, N, N)      # baddbmm's input, unread at beta=0: 1/√d rides on the product
     for b in range(0, B * H, per):
-        a = torch.baddbmm(ignored[:len(q[b:b + per])], q[b:b + per], k[b:b + per].transpose(1, 2),
-                          beta=0, alpha=D ** -0.5)                            # (chunk, n, n) scores
+        e = min(b + per, B * H)
+        a = torch.baddbmm(ignored[:e - b], q[b:e], k[b:e].transpose(1, 2), beta=0, alpha=D ** -0.5)   # (chunk, n, n)
         p = torch.softmax(a, -1)
-        torch.bmm(p.tril_() if s is None else p.mul_(s), v[b:b + per], out=out[b:b + per])
+        torch.bmm(p.tril_() if s is None else p.mul_(s), v[b:e], out=out[b:e])
     return out.view(B, H, N, D)
 
 # %% ../nbs/07_kernels.ipynb #43181670

@@ -232,11 +232,11 @@ def run_analyses(names=None, regime='cpu', seeds=ANALYSIS_SEEDS, root='experimen
     return failed
 
 def redraw_analyses(regime: str, root='experiments') -> list[Path]:
-    "Redraw the table and figures of every analysis that has a finished result in `regime`; nothing is computed."
+    "Redraw the table and figures of every analysis with a result in `regime` (done, or not run and why); no compute."
     out = []
     for name in ANALYSES:
         res = read_analysis(analysis_path(root, regime, name))
-        if res and res.get('status') == 'ok': out += render_analysis(name, res, root, regime)
+        if res and res.get('status') in ('ok', 'not run'): out += render_analysis(name, res, root, regime)
     return out
 
 # %% ../../nbs/16_analyses.ipynb #b906fc8b

@@ -256,7 +256,8 @@ def _inference_lines(row) -> list[str]:
         label = NAMES[v.removesuffix('_bf16')].format(abbr if v.startswith('deit') else s)
         cells = [label + (' bf16' if v.endswith('_bf16') else ''), fmt(r['params_m']), fmt(r['infer_img_s']),
                  f"{sp['min']:.3f}–{sp['max']:.3f}",
-                 '' if v.startswith('deit') else _paired(paired_ratio(ref['times'], r['times'])), fmt(p, 0) if p else '',
+                 '' if v.startswith('deit') else _paired(paired_ratio(ref['times'], r['times'])),
+                 fmt(p, 0) if p else '',
                  _ratio(p, p_deit) if p and v == 'illama' else '']
         lines.append('| ' + ' | '.join(cells) + ' |')
     return lines
