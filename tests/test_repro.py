@@ -5,7 +5,7 @@ import pytest
 from illama.data import fake_imagenet
 from illama.results import read_result, write_result
 from illama.workshop.tables import TABLES, get_rows, render_table, result_path, run_notebook_path, checkpoint_dir
-from illama.workshop.repro import main, run_row
+from illama.workshop.repro import main, run_lock, run_row
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,21 +41,25 @@ def test_a_timeout_says_so(ds, tmp_path):
     assert r['status'] == 'failed' and r['error'] == 'timed out: a cell ran longer than --timeout=1 s'
 
 def test_a_second_process_waits_for_the_first(ds, tmp_path):
-    "Two identical illama-repro runs at once: the second waits on the run's lock, then finds the run done."
+    "While one process holds a run's lock, an identical illama-repro run waits, says who holds it, then finds it done."
+    import select
     spec = get_rows('table17', ['ViT'])[0]
     args = ['table17', '--rows', 'ViT', '--regime', 'smoke', '--epochs', '1', '--data', str(ds), '--root', str(tmp_path)]
-    first = subprocess.Popen([sys.executable, '-m', 'illama.workshop.repro', *args], stdout=subprocess.PIPE, text=True)
-    lock = checkpoint_dir(tmp_path, 'smoke', spec, 0) / '.lock'
-    for _ in range(600):
-        if lock.exists() and lock.read_text().strip(): break
-        time.sleep(0.1)
-    second = subprocess.run([sys.executable, '-m', 'illama.workshop.repro', *args], capture_output=True, text=True)
-    out1, _ = first.communicate(timeout=300)
-    assert first.returncode == 0 and second.returncode == 0, second.stderr[-2000:]
-    assert 'run  table17 / ViT / seed 0' in out1
-    assert 'waiting: table17 / ViT / seed 0 is being trained by process' in second.stdout
-    assert 'skip table17 / ViT / seed 0: done' in second.stdout
-    assert read_result(result_path(tmp_path, 'smoke', spec, 0))['status'] == 'ok'
+    with run_lock(checkpoint_dir(tmp_path.resolve(), 'smoke', spec, 0), log=lambda s: None):   # this test: the first
+        second = subprocess.Popen([sys.executable, '-m', 'illama.workshop.repro', *args], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED='1'))
+        said = ''
+        while 'waiting:' not in said and select.select([second.stdout], [], [], 300)[0]:
+            line = second.stdout.readline()
+            if not line: break                                                        # it exited without waiting
+            said += line
+        assert f'waiting: table17 / ViT / seed 0 is being trained by process {os.getpid()}' in said, said
+        assert second.poll() is None                                                  # still blocked on the lock
+        write_result(result_path(tmp_path, 'smoke', spec, 0), dict(run_id=spec.run_id, seed=0, status='ok', top1=40.0,
+                     train_loss=1.0, wall_time_s=60, git_rev='abc1234'))             # the first run finishes
+    out, err = second.communicate(timeout=300)
+    assert second.returncode == 0, err[-2000:]
+    assert 'skip table17 / ViT / seed 0: done' in out and 'run  table17' not in said + out
 
 def test_tables_rebuild_from_results_without_training(tmp_path, capsys):
     spec = get_rows('table17', ['+ LPE'])[0]
