@@ -193,10 +193,10 @@ def per_model(name: str, regime: str, root, models, seeds, fn, settings: str = '
 # %% ../../nbs/16_analyses.ipynb #668ea18d
 def _record_analysis_failure(name, regime, root, e, timeout) -> str:
     why = failure_reason(e, timeout)
-    old = read_analysis(analysis_path(root, regime, name))
+    path = analysis_path(root, regime, name)
+    old = read_analysis(path)
     if not (old and old.get('status') == 'ok'):
-        write_analysis(analysis_path(root, regime, name), dict(analysis=name, regime=regime, status='failed',
-                                                                error=why, git_rev=git_revision()))
+        write_analysis(path, dict(analysis=name, regime=regime, status='failed', error=why, git_rev=git_revision()))
     return why
 
 def _execute_analysis(a: Analysis, regime, params: dict, root: Path, timeout):

@@ -436,9 +436,10 @@ def render_metric_claims(regime: str, root='experiments', claims=None) -> str:
     cols = ['claim', 'metric: a − b', 'paper Δ', 'ours Δ', '2σ band', 'σ: pooled over', 'seeds a / b', 'verdict']
     lines = [f"## The paper's analyses at this scale — regime `{regime}`", '', '| ' + ' | '.join(cols) + ' |',
              '|---' * len(cols) + '|']
-    cache = {}
-    for c in claims or ANALYSIS_CLAIMS:
-        an = cache.setdefault(c.analysis, read_analysis(analysis_path(root, regime, c.analysis)))
+    claims = claims or ANALYSIS_CLAIMS
+    results = {name: read_analysis(analysis_path(root, regime, name)) for name in {c.analysis for c in claims}}
+    for c in claims:
+        an = results[c.analysis]                                      # each result file read once
         lines.append(_metric_claim_line(c, check_metric_claim(c, an)))
     lines += ['', "σ is the pooled seed sd of each metric (df-weighted variances of groups of seeds), computed over "
               "the pool its column names. Δ is inside the seed spread when |Δ| ≤ 2σ·√(1/nₐ + 1/n_b) (2σ/√nₐ against "
