@@ -44,6 +44,16 @@ def test_report_beside_table_6():
     assert '| iLLaMA-T (soft mask, α=0.5) | 0.700 | 0.700–0.700 | 0.70× (0.70–0.70) |' in md
     assert '| training peak memory at 577 tokens vs reference attention | 0.60× | ≤ 0.7 | yes |' in md
 
+def test_bf16_and_compiled_rows_are_compared_with_deit_run_the_same_way():
+    res = _result()
+    res['rows'][0].update(deit_bf16=_row(200.0), illama_bf16=_row(210.0), deit_compiled=_row(150.0),
+                          illama_compiled=_row(180.0))
+    md = markdown_report(res)
+    assert '| iLLaMA-T bf16 | 5.7 | 210.0 | 0.500–0.700 | 1.05× (1.05–1.05) |  |  |' in md, md
+    assert '| DeiT-Ti (torch.compile) | 5.7 | 150.0 | 0.500–0.700 |  |  |  |' in md, md
+    assert '| iLLaMA-T (torch.compile) | 5.7 | 180.0 | 0.500–0.700 | 1.20× (1.20–1.20) |  |  |' in md, md
+    assert [round(t['ratio'], 3) for t in targets(res)][0] == 1.2     # the targets stay eager float32
+
 @pytest.mark.parametrize('args,msg', [(['--sizes', 'T,X'], "--sizes='T,X' is not allowed"),
                                       (['--batch', '0'], '--batch=0 is not allowed'),
                                       (['--img-size', '100'], '--img-size=100 is not allowed'),

@@ -18,33 +18,39 @@ from ..data import write_text_atomic
 from ..results import fmt
 
 # %% auto #0
-__all__ = ['SIZES', 'KERNELS_OF', 'NAMES', 'CPU_SHAPE', 'TARGETS', 'build', 'kernels_of', 'interleaved', 'spread', 'paired_ratio',
-           'inference_fn', 'train_step_fn', 'peak_memory_mb', 'bench_inference', 'bench_train', 'bench_memory',
-           'run_benchmark', 'targets', 'markdown_report', 'profile_table', 'main']
+__all__ = ['SIZES', 'KERNELS_OF', 'NAMES', 'MODES', 'CPU_SHAPE', 'TARGETS', 'split_variant', 'build', 'kernels_of', 'interleaved',
+           'spread', 'paired_ratio', 'inference_fn', 'train_step_fn', 'peak_memory_mb', 'bench_inference',
+           'bench_train', 'bench_memory', 'run_benchmark', 'targets', 'markdown_report', 'profile_table', 'main']
 
 # %% ../../nbs/08_benchmark.ipynb #af5a8213
 SIZES = {'T': ('tiny', 'vit_tiny_patch16_224', 'Ti'), 'S': ('small', 'vit_small_patch16_224', 'S'),
          'B': ('base', 'vit_base_patch16_224', 'B')}
-KERNELS_OF = {'illama': 'auto', 'illama_flash': 'flash', 'illama_ref': 'reference', 'illama_soft': 'auto',
-              'illama_compiled': 'auto'}
+KERNELS_OF = {'illama': 'auto', 'illama_flash': 'flash', 'illama_ref': 'reference', 'illama_soft': 'auto'}
 NAMES = {'deit': 'DeiT-{}', 'illama': 'iLLaMA-{}', 'illama_flash': 'iLLaMA-{} (fused kernels)',
-         'illama_ref': 'iLLaMA-{} (reference attention)', 'illama_soft': 'iLLaMA-{} (soft mask, α=0.5)',
-         'illama_compiled': 'iLLaMA-{} (torch.compile)'}
+         'illama_ref': 'iLLaMA-{} (reference attention)', 'illama_soft': 'iLLaMA-{} (soft mask, α=0.5)'}
+MODES = {'': '', '_bf16': ' bf16', '_compiled': ' (torch.compile)'}   # variant suffix -> label: the same model run so
 CPU_SHAPE = dict(img_size=48, patch_size=6, depth=6, num_classes=10)   # the cpu regime's model (chapter 11)
+
+def split_variant(variant: str) -> tuple[str, str]:
+    "(model, mode) of a variant's name: 'deit_compiled' -> ('deit', '_compiled'), 'illama' -> ('illama', '')."
+    for mode in MODES:
+        if mode and variant.endswith(mode): return variant.removesuffix(mode), mode
+    return variant, ''
 
 def build(variant: str, size: str, device='cpu', **shape):
     "The untrained model of `variant` at Table 11 size `size` ('T', 'S', 'B'); `shape` overrides (img_size, depth...)."
-    name, vit, _ = SIZES[size]
-    if variant == 'deit': m = timm.create_model(vit, pretrained=False, **shape)
+    (model, mode), (name, vit, _) = split_variant(variant), SIZES[size]
+    if model == 'deit': m = timm.create_model(vit, pretrained=False, **shape)
     else:
         m = timm.create_model(f'illama_{name}', **shape)
-        if variant == 'illama_soft': m.set_soft_mask_alpha(0.5)
+        if model == 'illama_soft': m.set_soft_mask_alpha(0.5)
     m = m.to(device)
-    return torch.compile(m) if variant == 'illama_compiled' else m
+    return torch.compile(m) if mode == '_compiled' else m
 
 def kernels_of(variant: str):
     "The kernels a variant runs (a context manager): DeiT's own, or chapter 0's switch."
-    return use_kernels(KERNELS_OF[variant]) if variant in KERNELS_OF else nullcontext()
+    model = split_variant(variant)[0]
+    return use_kernels(KERNELS_OF[model]) if model in KERNELS_OF else nullcontext()
 
 # %% ../../nbs/08_benchmark.ipynb #24b3e40b
 def _sync(device):
@@ -149,14 +155,14 @@ def peak_memory_mb(kind, variant, size, shape=None, batch=64, device='cpu') -> f
 # %% ../../nbs/08_benchmark.ipynb #0695312f
 def bench_inference(size, batch, img_size, repeats, warmup, device, compile=False, bf16=False, log=print):
     "Images/s (median and spread) of every inference variant of `size`, interleaved; float32, and bf16 if asked."
-    variants = ['deit', 'illama', 'illama_flash', 'illama_ref'] + (['illama_compiled'] if compile else [])
+    variants = ['deit', 'illama', 'illama_flash', 'illama_ref'] + (['deit_compiled', 'illama_compiled'] * compile)
     torch.manual_seed(0)
     models = {v: build(v, size, device, img_size=img_size) for v in variants}
     x = torch.randn(batch, 3, img_size, img_size, device=device)
     fns = {v: inference_fn(m, x, v) for v, m in models.items()}
     if bf16: fns.update({f'{v}_bf16': inference_fn(models[v], x, v, torch.bfloat16) for v in ('deit', 'illama')})
     t = interleaved(fns, repeats, warmup + compile, device, log)
-    row = {v: dict(params_m=sum(p.numel() for p in models[v.removesuffix('_bf16')].parameters()) / 1e6,
+    row = {v: dict(params_m=sum(p.numel() for p in models.get(v, models[split_variant(v)[0]]).parameters()) / 1e6,
                    infer_img_s=batch / statistics.median(t[v]), infer_s=spread(t[v]), times=t[v]) for v in fns}
     return dict(size=size, **row)
 
@@ -251,10 +257,10 @@ def _inference_lines(row) -> list[str]:
     for v, r in row.items():
         if v == 'size': continue
         p = TABLE6.get(f'{v}_{name}', {}).get('img_s') if v in ('deit', 'illama') else None
-        ref = row.get('deit_bf16' if v.endswith('_bf16') else 'deit')
-        sp = r['infer_s']
-        label = NAMES[v.removesuffix('_bf16')].format(abbr if v.startswith('deit') else s)
-        cells = [label + (' bf16' if v.endswith('_bf16') else ''), fmt(r['params_m']), fmt(r['infer_img_s']),
+        model, mode = split_variant(v)
+        ref, sp = row['deit' + mode], r['infer_s']
+        cells = [NAMES[model].format(abbr if model == 'deit' else s) + MODES[mode], fmt(r['params_m']),
+                 fmt(r['infer_img_s']),
                  f"{sp['min']:.3f}–{sp['max']:.3f}",
                  '' if v.startswith('deit') else _paired(paired_ratio(ref['times'], r['times'])),
                  fmt(p, 0) if p else '',
@@ -286,10 +292,11 @@ def markdown_report(res, command: str = '', profile: str = '') -> str:
     st = res['settings']
     lines = [f"# iLLaMA against DeiT: inference, training step and memory ({st['device_name']})", '',
              f"One run, the variants interleaved; {st['repeats']} repeats after {st['warmup']} warm-up: medians, with "
-             f"the fastest and slowest repeat beside them. Ratios are against DeiT of the same size, repeat by repeat "
-             f"(the calls of one repeat run back to back): the median of the per-repeat ratios, their range in "
-             f"brackets. Inference: float32, batch {st['batch']}, {st['img_size']}² images; torch {st['torch']}, "
-             f"timm {st['timm']}. Table 6 is the paper's (A100, batch 1024).", '']
+             f"the fastest and slowest repeat beside them. Ratios are against DeiT of the same size run the same way "
+             f"(bf16, compiled), repeat by repeat (the calls of one repeat run back to back): the median of the "
+             f"per-repeat ratios, their range in brackets. Inference: float32, batch {st['batch']}, "
+             f"{st['img_size']}² images; torch {st['torch']}, timm {st['timm']}. Table 6 is the paper's (A100, "
+             f"batch 1024).", '']
     if command: lines += ['```', command, '```', '']
     lines += ['| model | params (M) | images/s | s / batch, min–max | vs DeiT | Table 6 images/s | Table 6 vs DeiT |',
               '|' + '---|' * 7]
@@ -332,7 +339,8 @@ def _parser():
     p.add_argument('--device', default=None, help='cpu or cuda (default: cuda when available)')
     p.add_argument('--no-train', action='store_true', help='skip the training step')
     p.add_argument('--no-memory', action='store_true', help='skip the peak-memory measurements')
-    p.add_argument('--compile', action='store_true', help='also time torch.compile(iLLaMA) (slow to compile)')
+    p.add_argument('--compile', action='store_true',
+                   help='also time DeiT and iLLaMA under torch.compile (minutes to compile)')
     p.add_argument('--bf16', action='store_true', help='also time DeiT and iLLaMA under bf16 autocast')
     p.add_argument('--profile', action='store_true', help='append profiler tables of iLLaMA and DeiT inference')
     p.add_argument('--threads', type=int, default=None, help="torch threads (default: torch's choice)")
