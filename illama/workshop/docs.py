@@ -20,7 +20,7 @@ __all__ = ['SKIP_FLAGS', 'SITE_MARKER', 'RENDERERS', 'NOT_RUN', 'RUN_COLUMNS', '
            'DocBlock', 'show_doc', 'DocsError', 'skip_cell', 'run_notebook', 'process_notebook', 'notebook_markdown',
            'make_readme', 'tex_to_mathml', 'offline_maths', 'fix_anchors', 'check_root', 'check_out', 'make_workdir',
            'pick_renderer', 'render_project', 'finish_site', 'build_docs', 'main', 'regime_results', 'table_md',
-           'paper_and_ours', 'claims_md', 'runs_table', 'soft_mask_figures', 'analysis_outputs', 'analysis_md',
+           'paper_and_ours', 'claims_md', 'runs_table', 'regime_figures', 'analysis_outputs', 'analysis_md',
            'roadmap_top1', 'plot_roadmap', 'module_layers', 'architecture_table', 'api_modules', 'api_reference']
 
 # %% ../../nbs/90_docs.ipynb #ad56fa93
@@ -555,9 +555,9 @@ def runs_table(res: Results) -> str:
     bad = [f"- `{rid}`: {why}" for rid, whys in sorted(res.corrupt.items()) for why in whys]
     return '\n'.join(lines) + ('\n\nResult files that could not be used:\n\n' + '\n'.join(bad) if bad else '')
 
-def soft_mask_figures(results: dict, root='experiments') -> dict[str, Path]:
-    "Fig. 3(b) of each regime that has it: `{regime: path}`."
-    figs = {g: Path(root) / 'tables' / g / 'fig3b_soft_mask.png' for g in results}
+def regime_figures(results: dict, name: str, root='experiments') -> dict[str, Path]:
+    "The figure `name` (e.g. 'fig3b_soft_mask.png') of each regime that has it: `{regime: path}`."
+    figs = {g: Path(root) / 'tables' / g / name for g in results}
     return {g: p for g, p in figs.items() if p.is_file()}
 
 def analysis_outputs(regime: str, root='experiments') -> dict[str, tuple]:

@@ -19,7 +19,7 @@ __all__ = ['DEIT_MIXUP_CUTMIX', 'TABLES', 'TABLE_TITLES', 'PAPER_COLUMNS', 'REGI
            'ANALYSIS_CLAIMS', 'RowSpec', 'get_rows', 'row_recipe', 'result_path', 'run_notebook_path', 'checkpoint_dir',
            'summarize_row', 'status_cell', 'render_table', 'plot_soft_mask_curves', 'Claim', 'pooled_sd', 'seed_sd',
            'check_claim', 'analysis_path', 'MetricClaim', 'expect_sign', 'check_metric_claim', 'render_metric_claims',
-           'render_claims', 'write_tables']
+           'render_claims', 'plot_collapse_curves', 'write_tables']
 
 # %% ../../nbs/14_tables.ipynb #956d0d36
 def _slug(s): return re.sub(r'[^a-z0-9]+', '-', s.lower()).strip('-')
@@ -95,7 +95,7 @@ TABLE_TITLES = {'table17': 'Table 17: the roadmap', 'table1': 'Table 1: mask sch
                 'beyond': "Beyond the paper's code: the additive causal mask of Eq. 1 (LLaMA's) in place of "
                           "Algorithm 1's post-softmax one",
                 'tokens197': "The attention collapse at the paper's 197 tokens (112² crops, patch 8), beside our "
-                             "64 tokens"}
+                             "65 tokens"}
 
 def get_rows(table: str, rows=None) -> list[RowSpec]:
     "The rows of `table` (all, or those named in `rows`, by name or slug); unknown names are a `ValueError`."
@@ -155,7 +155,7 @@ def status_cell(sm: dict) -> str:
 
 PAPER_COLUMNS = (('tiny', 'paper T top-1', 1), ('base', 'paper B top-1', 1),   # RowSpec.paper key, header, decimals
                  ('tiny_train_loss', 'paper T train loss', 3), ('base_train_loss', 'paper B train loss', 3))
-REGIME_NOTES = {'cpu': 'Imagenette-160 val top-1 (%), iLLaMA-T width at 64 tokens, CPU budget (see 11_train)',
+REGIME_NOTES = {'cpu': 'Imagenette-160 val top-1 (%), iLLaMA-T width at 65 tokens, CPU budget (see 11_train)',
                 'smoke': 'smoke runs (seconds of training): plumbing only, numbers meaningless',
                 'paper': 'ImageNet-1K val top-1 (%), the paper recipe'}
 
@@ -177,7 +177,8 @@ def _regime_note(table, regime):
                 f"(e.g. 0.8 / 1.0 -> {0.8 * r['mix_scale']:g} / {1.0 * r['mix_scale']:g}).")
     if table == 'tokens197':
         return (" Ours: the same rows trained at 112² with patch 8 (197 tokens, the paper's sequence length), the "
-                "regime's width, depth and epochs; '64 tokens' is the same row at the regime's own 48² with patch 6.")
+                "regime's width, depth and epochs; '65 tokens' is the same row at the regime's own 48² with patch 6 "
+                "(64 patches and the class token).")
     return ''
 
 def _row_cells(s: RowSpec, res, baseline: bool) -> tuple[list[str], list[str]]:
@@ -193,7 +194,7 @@ def render_table(table: str, regime: str, root='experiments', res=None) -> str:
     "The markdown of one table: the paper's Tiny/Base numbers beside ours (mean ± sd over seeds)."
     res = load_results(root, regime) if res is None else res
     baseline = any(s.baseline for s in TABLES[table])
-    cols = ['row', *(name for _, name, _ in PAPER_COLUMNS), 'ours top-1', *(['ours at 64 tokens'] if baseline else []),
+    cols = ['row', *(name for _, name, _ in PAPER_COLUMNS), 'ours top-1', *(['ours at 65 tokens'] if baseline else []),
             'ours train loss', 'seeds', 'min / run', 'status']
     lines = [f'## {TABLE_TITLES[table]} — regime `{regime}`', '', '| ' + ' | '.join(cols) + ' |',
              '|---' * len(cols) + '|']
@@ -208,16 +209,25 @@ def render_table(table: str, regime: str, root='experiments', res=None) -> str:
     return '\n'.join(lines)
 
 # %% ../../nbs/14_tables.ipynb #aa69b158
-def _seed_run(res, table, row, seed):
-    for r in _ok(res.get(get_rows(table, [row])[0].run_id, [])):
+def _seed_run(res, spec: RowSpec, seed: int):
+    "The finished run of row `spec` with `seed` that has a per-epoch history, or None."
+    for r in _ok(res.get(spec.run_id, [])):
         if r.get('seed') == seed and r.get('history'): return r
+
+def _save_figure(fig, path: Path) -> Path:
+    "Save `fig` as the PNG `path` (its folder made) and close it."
+    import matplotlib.pyplot as plt
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
 
 def plot_soft_mask_curves(regime: str, root='experiments', seed: int = 0, res=None):
     "Draw Fig. 3(b) from the result files; returns the PNG path, or None when the runs are not there."
     import matplotlib.pyplot as plt
     res = load_results(root, regime) if res is None else res
-    pairs = [('no soft mask', _seed_run(res, 'table3', 'no soft mask', seed)),
-             ('soft mask', _seed_run(res, 'table17', '+ soft mask', seed))]
+    pairs = [('no soft mask', _seed_run(res, get_rows('table3', ['no soft mask'])[0], seed)),
+             ('soft mask', _seed_run(res, get_rows('table17', ['+ soft mask'])[0], seed))]
     if not all(r for _, r in pairs): return None
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.3))
     for name, r in pairs:
@@ -236,11 +246,7 @@ def plot_soft_mask_curves(regime: str, root='experiments', seed: int = 0, res=No
         a.legend(fontsize=8)
         a.grid(alpha=.3)
     plt.tight_layout()
-    path = Path(root) / 'tables' / regime / 'fig3b_soft_mask.png'
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, Path(root) / 'tables' / regime / 'fig3b_soft_mask.png')
 
 # %% ../../nbs/14_tables.ipynb #788f2a00
 PAPER_CHANCE = 0.1   # ImageNet-1K top-1 (%) of a constant guess: 1 of 1000 classes
@@ -480,12 +486,39 @@ def render_claims(regime: str, root='experiments', claims=None, res=None) -> str
     lines += ['', note + (f" {n_bad} corrupt result file(s) left out (see the tables)." if n_bad else ''), '']
     return '\n'.join(lines) + '\n' + render_metric_claims(regime, root)
 
+# %% ../../nbs/14_tables.ipynb #c011a95f
+def _tokens(r) -> int | None:
+    "The sequence length a result was trained at (patches plus the class token), from its config."
+    m = (r.get('config') or {}).get('model') or {}
+    if not m.get('img_size') or not m.get('patch_size'): return None
+    return math.prod(s // m['patch_size'] for s in m['img_size']) + 1
+
+def plot_collapse_curves(regime: str, root='experiments', seed: int = 0, res=None):
+    "Top-1 per epoch of the `tokens197` rows and of the same rows at the regime's length; the PNG, or None before both."
+    import matplotlib.pyplot as plt
+    res = load_results(root, regime) if res is None else res
+    rows = [(s, _seed_run(res, s, seed), _seed_run(res, s.baseline, seed)) for s in TABLES['tokens197']]
+    if not any(r197 for _, r197, _ in rows): return None
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    for i, (s, *runs) in enumerate(rows):
+        for r, ls in zip(runs, ('-', '--')):
+            if r is None: continue
+            ax.plot([e['epoch'] for e in r['history']], [e.get('top1') for e in r['history']], ls, c=f'C{i}',
+                    label=f"{s.row.removesuffix(', 197 tokens')}, {_tokens(r) or '?'} tokens")
+    chance = _chance(res)
+    if chance: ax.axhline(chance, ls=':', c='gray', lw=1, label=f'chance ({chance:g} %)')
+    ax.set(title=f'The collapse rows, seed {seed}: validation top-1 (%)', xlabel='epoch')
+    ax.legend(fontsize=8, loc='center left', bbox_to_anchor=(1.01, 0.5))
+    ax.grid(alpha=.3)
+    plt.tight_layout()
+    return _save_figure(fig, Path(root) / 'tables' / regime / 'collapse_tokens197.png')
+
 # %% ../../nbs/14_tables.ipynb #f658f63b
 def write_tables(regime: str, root='experiments', tables=None) -> list[Path]:
-    "Write the tables (all by default), the claims and the soft-mask figure of `regime` under `root/tables/<regime>/`."
+    "Write the tables (all by default), the claims and the two figures of `regime` under `root/tables/<regime>/`."
     res, out = load_results(root, regime), []
     for t in tables or TABLES:
         out.append(write_text_atomic(Path(root) / 'tables' / regime / f'{t}.md', render_table(t, regime, root, res)))
     out.append(write_text_atomic(Path(root) / 'tables' / regime / 'claims.md', render_claims(regime, root, res=res)))
-    fig = plot_soft_mask_curves(regime, root, res=res)
-    return out + ([fig] if fig is not None else [])
+    figs = plot_soft_mask_curves(regime, root, res=res), plot_collapse_curves(regime, root, res=res)
+    return out + [f for f in figs if f is not None]
