@@ -155,14 +155,15 @@ def peak_memory_mb(kind, variant, size, shape=None, batch=64, device='cpu') -> f
 # %% ../../nbs/08_benchmark.ipynb #0695312f
 def bench_inference(size, batch, img_size, repeats, warmup, device, compile=False, bf16=False, log=print):
     "Images/s (median and spread) of every inference variant of `size`, interleaved; float32, and bf16 if asked."
-    variants = ['deit', 'illama', 'illama_flash', 'illama_ref'] + (['deit_compiled', 'illama_compiled'] * compile)
+    variants = ['deit', 'illama', 'illama_flash', 'illama_ref']
+    if compile: variants += ['deit_compiled', 'illama_compiled']
     torch.manual_seed(0)
     models = {v: build(v, size, device, img_size=img_size) for v in variants}
     x = torch.randn(batch, 3, img_size, img_size, device=device)
     fns = {v: inference_fn(m, x, v) for v, m in models.items()}
     if bf16: fns.update({f'{v}_bf16': inference_fn(models[v], x, v, torch.bfloat16) for v in ('deit', 'illama')})
     t = interleaved(fns, repeats, warmup + compile, device, log)
-    row = {v: dict(params_m=sum(p.numel() for p in models.get(v, models[split_variant(v)[0]]).parameters()) / 1e6,
+    row = {v: dict(params_m=sum(p.numel() for p in models[split_variant(v)[0]].parameters()) / 1e6,
                    infer_img_s=batch / statistics.median(t[v]), infer_s=spread(t[v]), times=t[v]) for v in fns}
     return dict(size=size, **row)
 
@@ -262,7 +263,7 @@ def _inference_lines(row) -> list[str]:
         cells = [NAMES[model].format(abbr if model == 'deit' else s) + MODES[mode], fmt(r['params_m']),
                  fmt(r['infer_img_s']),
                  f"{sp['min']:.3f}–{sp['max']:.3f}",
-                 '' if v.startswith('deit') else _paired(paired_ratio(ref['times'], r['times'])),
+                 '' if model == 'deit' else _paired(paired_ratio(ref['times'], r['times'])),
                  fmt(p, 0) if p else '',
                  _ratio(p, p_deit) if p and v == 'illama' else '']
         lines.append('| ' + ' | '.join(cells) + ' |')
