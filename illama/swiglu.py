@@ -9,7 +9,7 @@ __all__ = ['llama_hidden_dim', 'SwiGLU']
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .vit import FFN_LAYERS, add_step, kernel_choice
+from .vit import FFN_LAYERS, add_step
 
 # %% ../nbs/01_swiglu.ipynb #b3bfc14f
 def llama_hidden_dim(dim: int, mlp_ratio: float = 4.0, multiple_of: int = 256) -> int:
@@ -29,10 +29,8 @@ class SwiGLU(nn.Module):
         self.fc3 = nn.Linear(dim, hidden, bias=False)   # up projection
 
     def forward(self, x):
-        if kernel_choice() == 'reference': return self.fc2(F.silu(self.fc1(x)) * self.fc3(x))   # as written
-        gate, up = F.linear(x, torch.cat([self.fc1.weight, self.fc3.weight])).chunk(2, -1)   # one product for both
-        if torch.is_grad_enabled(): return self.fc2(F.silu(gate) * up)
-        return self.fc2(F.silu(gate, inplace=True).mul_(up))   # without autograd: in place, no new (N, hidden) tensors
+        if torch.is_grad_enabled(): return self.fc2(F.silu(self.fc1(x)) * self.fc3(x))   # as written
+        return self.fc2(F.silu(self.fc1(x), inplace=True).mul_(self.fc3(x)))   # no autograd: in place, no new tensors
 
 # %% ../nbs/01_swiglu.ipynb #3c8bf175
 add_step('+ LLaMA FFN', 'ViT', arch=dict(ffn='swiglu'), tables=('table17',), aliases=('swiglu', '+ swiglu'))

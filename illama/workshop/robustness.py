@@ -12,7 +12,6 @@ from ..results import mean_sd, signed, fmt
 from ..data import write_text_atomic
 from ..train import RECIPES, load_tensors, make_learner, lr_scheds, load_init
 from .. import paper
-from ..vit import use_kernels
 from .tables import row_recipe, REGIME_NOTES
 from .analyses import (MODELS, model_spec, trained_model, trained_checkpoint, val_set, val_subset,
                                       predict, top1, per_model)
@@ -181,9 +180,8 @@ def quantization_of(label, regime, seed, x, y, root, data, log, n_images) -> dic
     ck = trained_checkpoint(label, regime, seed, root, data, log)
     model = trained_model(label, regime, seed, root, data, log)
     fp = top1(predict(model, x), y)
-    with use_kernels('reference'):   # quantized layers are called as modules (the fused SwiGLU reads raw weights)
-        ptq = top1(predict(ptq8(model), x), y)
-        qat = top1(predict(qat_finetune(label, regime, seed, ck, data, n_images), x), y)
+    ptq = top1(predict(ptq8(model), x), y)
+    qat = top1(predict(qat_finetune(label, regime, seed, ck, data, n_images), x), y)
     log(f'{label} seed {seed}: float32 {fp:.2f}, PTQ 8-8 {ptq:.2f}, QAT 8-8 {qat:.2f}')
     return dict(top1_fp32=round(fp, 3), top1_ptq8=round(ptq, 3), top1_qat8=round(qat, 3),
                 delta_ptq8=round(ptq - fp, 3), delta_qat8=round(qat - fp, 3))
