@@ -10,7 +10,7 @@ BIN = Path(sys.executable).parent
 def _row(img_s):
     "A variant timed over three repeats of a batch of 64 at `img_s` images/s."
     return dict(infer_img_s=img_s, infer_s=dict(median=64 / img_s, min=0.5, max=0.7), params_m=5.7,
-                times=[64 / img_s] * 3)
+                times=[64 / img_s] * 3, page_faults=12_400.0)
 
 def _step(t): return dict(train_step_s=t, train_s=dict(median=t, min=t, max=t), times=[t, t, t])
 
@@ -40,7 +40,7 @@ def test_ratios_are_paired_repeat_by_repeat():
 
 def test_report_beside_table_6():
     md = markdown_report(_result(), 'illama-bench --sizes T')
-    assert '| iLLaMA-T | 5.7 | 120.0 | 0.500–0.700 | 1.20× (1.20–1.20) | 6958 | 1.15× |' in md, md
+    assert '| iLLaMA-T | 5.7 | 120.0 | 0.500–0.700 | 12k | 1.20× (1.20–1.20) | 6958 | 1.15× |' in md, md
     assert '| iLLaMA-T (soft mask, α=0.5) | 0.700 | 0.700–0.700 | 0.70× (0.70–0.70) |' in md
     assert '| training peak memory at 577 tokens vs reference attention | 0.60× | ≤ 0.7 | yes |' in md
 
@@ -49,9 +49,9 @@ def test_bf16_and_compiled_rows_are_compared_with_deit_run_the_same_way():
     res['rows'][0].update(deit_bf16=_row(200.0), illama_bf16=_row(210.0), deit_compiled=_row(150.0),
                           illama_compiled=_row(180.0))
     md = markdown_report(res)
-    assert '| iLLaMA-T bf16 | 5.7 | 210.0 | 0.500–0.700 | 1.05× (1.05–1.05) |  |  |' in md, md
-    assert '| DeiT-Ti (torch.compile) | 5.7 | 150.0 | 0.500–0.700 |  |  |  |' in md, md
-    assert '| iLLaMA-T (torch.compile) | 5.7 | 180.0 | 0.500–0.700 | 1.20× (1.20–1.20) |  |  |' in md, md
+    assert '| iLLaMA-T bf16 | 5.7 | 210.0 | 0.500–0.700 | 12k | 1.05× (1.05–1.05) |  |  |' in md, md
+    assert '| DeiT-Ti (torch.compile) | 5.7 | 150.0 | 0.500–0.700 | 12k |  |  |  |' in md, md
+    assert '| iLLaMA-T (torch.compile) | 5.7 | 180.0 | 0.500–0.700 | 12k | 1.20× (1.20–1.20) |  |  |' in md, md
     assert [round(t['ratio'], 3) for t in targets(res)][0] == 1.2     # the targets stay eager float32
 
 @pytest.mark.parametrize('args,msg', [(['--sizes', 'T,X'], "--sizes='T,X' is not allowed"),

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/08_benchmark.ipynb #62ba59ce
 from __future__ import annotations
-import argparse, ctypes, gc, json, math, os, statistics, sys, time
+import argparse, ctypes, gc, json, math, os, resource, statistics, sys, time
 import multiprocessing as mp
 from contextlib import nullcontext
 from pathlib import Path
@@ -18,9 +18,10 @@ from ..data import write_text_atomic
 from ..results import fmt
 
 # %% auto #0
-__all__ = ['SIZES', 'KERNELS_OF', 'NAMES', 'MODES', 'CPU_SHAPE', 'TARGETS', 'split_variant', 'build', 'kernels_of', 'interleaved',
-           'spread', 'paired_ratio', 'inference_fn', 'train_step_fn', 'peak_memory_mb', 'bench_inference',
-           'bench_train', 'bench_memory', 'run_benchmark', 'targets', 'markdown_report', 'profile_table', 'main']
+__all__ = ['SIZES', 'KERNELS_OF', 'NAMES', 'MODES', 'CPU_SHAPE', 'TARGETS', 'ALLOCATOR_ENV', 'split_variant', 'build',
+           'kernels_of', 'minor_faults', 'interleaved', 'spread', 'paired_ratio', 'inference_fn', 'train_step_fn',
+           'peak_memory_mb', 'bench_inference', 'bench_train', 'bench_memory', 'run_benchmark', 'targets',
+           'markdown_report', 'profile_table', 'command_line', 'main']
 
 # %% ../../nbs/08_benchmark.ipynb #af5a8213
 SIZES = {'T': ('tiny', 'vit_tiny_patch16_224', 'Ti'), 'S': ('small', 'vit_small_patch16_224', 'S'),
@@ -56,8 +57,13 @@ def kernels_of(variant: str):
 def _sync(device):
     if torch.device(device).type == 'cuda': torch.cuda.synchronize()
 
-def interleaved(fns: dict, repeats: int = 5, warmup: int = 1, device='cpu', log=print) -> dict:
-    "Seconds per call for each of `fns` (name -> callable), the calls interleaved repeat by repeat."
+def minor_faults() -> int:
+    "Minor page faults of this process so far: pages mapped in fresh and touched for the first time."
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+def interleaved(fns: dict, repeats: int = 5, warmup: int = 1, device='cpu', log=print,
+                faults: dict | None = None) -> dict:
+    "Seconds per call for each of `fns` (name -> callable), interleaved repeat by repeat; page faults into `faults`."
     for f in fns.values():
         for _ in range(warmup): f()
         _sync(device)
@@ -65,10 +71,11 @@ def interleaved(fns: dict, repeats: int = 5, warmup: int = 1, device='cpu', log=
     for r in range(repeats):
         for name in names[r % len(names):] + names[:r % len(names)]:   # rotate the order
             _sync(device)
-            t0 = time.perf_counter()
+            t0, f0 = time.perf_counter(), minor_faults()
             fns[name]()
             _sync(device)
             times[name].append(time.perf_counter() - t0)
+            if faults is not None: faults.setdefault(name, []).append(minor_faults() - f0)
         if log: log(f'  repeat {r + 1}/{repeats}: ' + ', '.join(f'{n} {t[-1]:.3f}s' for n, t in times.items()))
     return times
 
@@ -162,9 +169,10 @@ def bench_inference(size, batch, img_size, repeats, warmup, device, compile=Fals
     x = torch.randn(batch, 3, img_size, img_size, device=device)
     fns = {v: inference_fn(m, x, v) for v, m in models.items()}
     if bf16: fns.update({f'{v}_bf16': inference_fn(models[v], x, v, torch.bfloat16) for v in ('deit', 'illama')})
-    t = interleaved(fns, repeats, warmup + compile, device, log)
+    t = interleaved(fns, repeats, warmup + compile, device, log, faults=(pf := {}))
     row = {v: dict(params_m=sum(p.numel() for p in models[split_variant(v)[0]].parameters()) / 1e6,
-                   infer_img_s=batch / statistics.median(t[v]), infer_s=spread(t[v]), times=t[v]) for v in fns}
+                   infer_img_s=batch / statistics.median(t[v]), infer_s=spread(t[v]), times=t[v],
+                   page_faults=statistics.median(pf[v])) for v in fns}
     return dict(size=size, **row)
 
 def bench_train(repeats, warmup, device, batch=128, log=print):
@@ -253,7 +261,7 @@ def _paired(r: dict) -> str:
 
 def _inference_lines(row) -> list[str]:
     s, (name, _, abbr) = row['size'], SIZES[row['size']]
-    base, p_deit = row['deit'], TABLE6.get(f'deit_{name}', {}).get('img_s')
+    p_deit = TABLE6.get(f'deit_{name}', {}).get('img_s')
     lines = []
     for v, r in row.items():
         if v == 'size': continue
@@ -263,6 +271,7 @@ def _inference_lines(row) -> list[str]:
         cells = [NAMES[model].format(abbr if model == 'deit' else s) + MODES[mode], fmt(r['params_m']),
                  fmt(r['infer_img_s']),
                  f"{sp['min']:.3f}–{sp['max']:.3f}",
+                 f"{r['page_faults'] / 1000:.0f}k" if 'page_faults' in r else '',
                  '' if model == 'deit' else _paired(paired_ratio(ref['times'], r['times'])),
                  fmt(p, 0) if p else '',
                  _ratio(p, p_deit) if p and v == 'illama' else '']
@@ -297,10 +306,12 @@ def markdown_report(res, command: str = '', profile: str = '') -> str:
              f"(bf16, compiled), repeat by repeat (the calls of one repeat run back to back): the median of the "
              f"per-repeat ratios, their range in brackets. Inference: float32, batch {st['batch']}, "
              f"{st['img_size']}² images; torch {st['torch']}, timm {st['timm']}. Table 6 is the paper's (A100, "
-             f"batch 1024).", '']
+             f"batch 1024). Page faults: the median count per batch of fresh 4 KB pages touched for the first time "
+             f"(thousands); glibc hands large freed tensors back to the system, and the next batch faults them in "
+             f"again.", '']
     if command: lines += ['```', command, '```', '']
-    lines += ['| model | params (M) | images/s | s / batch, min–max | vs DeiT | Table 6 images/s | Table 6 vs DeiT |',
-              '|' + '---|' * 7]
+    lines += ['| model | params (M) | images/s | s / batch, min–max | page faults / batch | vs DeiT | Table 6 images/s '
+              '| Table 6 vs DeiT |', '|' + '---|' * 8]
     for row in res['rows']: lines += _inference_lines(row)
     if 'train' in res: lines += ['', *_train_lines(res['train'])]
     if 'memory' in res: lines += ['', *_memory_lines(res['memory'])]
@@ -373,6 +384,14 @@ def _check(a):
     if out.is_dir(): raise ValueError(f"--out={str(out)!r} is a folder; expected a .md file name")
     return out
 
+# %% ../../nbs/08_benchmark.ipynb #d21c4481
+ALLOCATOR_ENV = ('GLIBC_TUNABLES', 'LD_PRELOAD', 'MALLOC_ARENA_MAX')
+
+def command_line(argv, env=None) -> str:
+    "`illama-bench` with `argv`, after the variables of `env` (default: this process's) that change the allocator."
+    env = os.environ if env is None else env
+    return ' '.join([*(f'{k}={env[k]}' for k in ALLOCATOR_ENV if env.get(k)), 'illama-bench', *argv])
+
 # %% ../../nbs/08_benchmark.ipynb #d21c4473
 def main(argv=None) -> int:
     "Entry point of `illama-bench`: 0 when the benchmark ran, 2 for bad input (before anything is measured)."
@@ -387,7 +406,7 @@ def main(argv=None) -> int:
     res = run_benchmark(a.sizes, a.batch, a.img_size, a.repeats, a.warmup, a.device, not a.no_train,
                         not a.no_memory, a.compile, a.bf16, log)
     prof = profile_table('T', res['settings']['batch'], a.img_size, res['settings']['device']) if a.profile else ''
-    md = markdown_report(res, 'illama-bench ' + ' '.join(argv), prof)
+    md = markdown_report(res, command_line(argv), prof)
     write_text_atomic(out, md)
     write_text_atomic(out.with_suffix('.json'), json.dumps(res, indent=1, default=str))
     print(md, flush=True)
