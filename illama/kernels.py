@@ -10,10 +10,11 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count, sdpa_backward_flop_count
 
 # %% auto #0
-__all__ = ['MATERIALISE_MAX_N', 'CHUNK_MAX_N', 'CHUNK_BYTES', 'sdpa_lse', 'sdpa_lse_backward', 'post_softmax_attention_op',
-           'post_softmax_attention_backward', 'flop_formulas', 'post_softmax_sdpa', 'post_softmax_attention',
-           'materialise', 'chunk_inference', 'post_softmax_chunked', 'rotate_qk', 'RMSNormFunction', 'rms_norm',
-           'table2_flops', 'causal_needed_macs', 'counted_macs']
+__all__ = ['MATERIALISE_MAX_N', 'CHUNK_MAX_N', 'CHUNK_BYTES', 'IMAGE_CHUNK_BYTES', 'BF16_FLAGS', 'sdpa_lse', 'sdpa_lse_backward',
+           'post_softmax_attention_op', 'post_softmax_attention_backward', 'flop_formulas', 'post_softmax_sdpa',
+           'post_softmax_attention', 'materialise', 'chunk_inference', 'post_softmax_chunked', 'images_per_chunk',
+           'cpu_flags', 'native_bf16', 'BF16ProductsInFP32', 'bf16_products', 'rotate_qk', 'RMSNormFunction',
+           'rms_norm', 'table2_flops', 'causal_needed_macs', 'counted_macs']
 
 # %% ../nbs/07_kernels.ipynb #6b07fa25
 _aten = torch.ops.aten
@@ -157,6 +158,57 @@ def post_softmax_chunked(q, k, v, alpha: float = 0.0, cls_row: int | None = None
         p = torch.softmax(a, -1)
         torch.bmm(p.tril_() if s is None else p.mul_(s), v[b:e], out=out[b:e])
     return out.view(B, H, N, D)
+
+# %% ../nbs/07_kernels.ipynb #e97c0f21
+IMAGE_CHUNK_BYTES = 2 ** 23   # 'auto' CPU inference: the widest activation of one chunk of images (8 MiB)
+
+def images_per_chunk(x, image_bytes: int) -> int:
+    "Per-shape rule of 'auto': images per chunk of CPU inference, each chunk's widest activation ≤ IMAGE_CHUNK_BYTES."
+    B = x.shape[0]
+    if x.device.type != 'cpu' or torch.is_grad_enabled() or B == 0: return max(B, 1)   # training keeps it all anyway
+    chunks = -(-B // max(1, IMAGE_CHUNK_BYTES // image_bytes))                 # as few chunks as fit...
+    return -(-B // chunks)                                                       # ...of equal size
+
+# %% ../nbs/07_kernels.ipynb #64b6c4f7
+BF16_FLAGS = (('avx512bw', 'avx512vl', 'avx512dq'), ('avx512_bf16',), ('amx_bf16',), ('bf16',))   # any one group
+
+def cpu_flags(cpuinfo: str | None = None) -> set:
+    "The CPU's feature flags: x86's `flags`, Arm's `Features` line of /proc/cpuinfo (empty where it can't be read)."
+    if cpuinfo is None:
+        try: cpuinfo = open('/proc/cpuinfo').read()
+        except OSError: return set()
+    lines = [l.split(':', 1) for l in cpuinfo.splitlines() if l.startswith(('flags', 'Features'))]
+    return set(lines[0][1].split()) if lines and len(lines[0]) == 2 else set()
+
+def native_bf16(cpuinfo: str | None = None) -> bool:
+    "Whether oneDNN multiplies bf16 fast on this CPU (AVX-512, AMX or Arm BF16); else torch's bf16 products are slow."
+    flags = cpu_flags(cpuinfo)
+    return any(all(f in flags for f in group) for group in BF16_FLAGS)
+
+# %% ../nbs/07_kernels.ipynb #47225f14
+from contextlib import nullcontext
+from torch.utils._python_dispatch import TorchDispatchMode
+
+class BF16ProductsInFP32(TorchDispatchMode):
+    "bf16 matrix products and convolutions run as float32 kernels on widened operands, rounded back to bf16 once."
+    PRODUCTS = (_aten.mm.default, _aten.addmm.default, _aten.bmm.default, _aten.baddbmm.default,
+                _aten.convolution.default, _aten.convolution_backward.default)
+    def __init__(self):
+        super().__init__()
+        self.products = 0                                                  # how many ran in float32
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        bf16 = [isinstance(a, torch.Tensor) and a.dtype == torch.bfloat16 for a in args]
+        if func not in self.PRODUCTS or not any(bf16): return func(*args, **kwargs)
+        self.products += 1
+        wide = [a.float() if b else a for a, b in zip(args, bf16)]
+        out = func(*wide, **kwargs)                                        # float32 sums of exact products
+        narrow = lambda o: o.bfloat16() if isinstance(o, torch.Tensor) else o   # rounded once, as the hardware does
+        return tuple(map(narrow, out)) if isinstance(out, tuple) else narrow(out)
+
+def bf16_products(device='cpu'):
+    "The context bf16 autocast on `device` runs its products in: `BF16ProductsInFP32` on a CPU without fast bf16."
+    return BF16ProductsInFP32() if torch.device(device).type == 'cpu' and not native_bf16() else nullcontext()
 
 # %% ../nbs/07_kernels.ipynb #43181670
 def rotate_qk(qk, cos, sin):

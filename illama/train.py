@@ -26,6 +26,7 @@ from fastcore.foundation import L
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 from .vit import get_step, roadmap_config, Illama, ROADMAP, SIZES, check_choice
+from .kernels import bf16_products, BF16ProductsInFP32
 from .soft_mask import SoftMaskSchedule, TUNED_MIXUP_CUTMIX, SOFT_MASK_SETTINGS
 import illama.models  # the timm models and every roadmap step
 from .data import find_data, folder_tensors, folder_images, FolderImages, cifar_tensors, make_dls, BatchAugment
@@ -292,13 +293,30 @@ def check_precision(precision: str, device='cpu') -> str:
     return precision
 
 class DeviceMixedPrecision(MixedPrecision):
-    "fastai's `MixedPrecision` on the data's device: fastai 2.8 autocasts CUDA only (on the CPU it warns, runs fp32)."
+    "fastai's `MixedPrecision` on the data's device (fastai 2.8 autocasts CUDA only); bf16 products in float32 kernels"
+    " on a CPU without fast bf16 ones (chapter 7)."
+    fp32_products, _inside = None, False
     def before_fit(self):
+        self._leave()                                                  # left over if a batch was interrupted
         dev = torch.device(getattr(self.dls, 'device', None) or 'cpu').type
         if dev == 'cuda': return super().before_fit()
         check_precision('fp16' if self.amp_mode == AMPMode.FP16 else 'bf16', dev)
         self.autocast, self.scales = torch.autocast(dev, dtype=torch.bfloat16), L()
         self.learn.scaler = torch.amp.GradScaler(dev, enabled=False)   # bf16 has fp32's range: nothing to scale
+        if isinstance(p := bf16_products(dev), BF16ProductsInFP32): self.fp32_products = p
+    def before_batch(self):                                           # forward, backward and step of one batch
+        if self.fp32_products is not None:
+            self.fp32_products.__enter__()
+            self._inside = True
+        super().before_batch()
+    def _leave(self):
+        if self._inside:
+            self.fp32_products.__exit__(None, None, None)
+            self._inside = False
+    def after_batch(self): self._leave()
+    def after_fit(self):
+        self._leave()
+        super().after_fit()
 
 # %% ../nbs/11_train.ipynb #f1a0c0de
 def _train_aug(recipe: Recipe, tensors, num_classes: int, augment: bool):
@@ -604,7 +622,12 @@ def run_result(learn, run: Run) -> dict:
                 images_per_s=_throughput(run.history, learn), model_step_share=rc.model_step_share,
                 resumed_from_epoch=run.start, seed=run.seed, nproc=run.nproc,
                 config=dict(model=learn.model.cfg.to_dict(), recipe=run.recipe.to_dict()), git_rev=git_revision(),
-                history=run.history)
+                history=run.history, **_bf16_products(learn))
+
+def _bf16_products(learn) -> dict:
+    "`{'bf16_products': 'float32'}` when the bf16 products ran as float32 kernels (chapter 7), else nothing."
+    mp = learn.cbs.filter(lambda c: isinstance(c, DeviceMixedPrecision))
+    return {'bf16_products': 'float32'} if mp and mp[0].fp32_products is not None else {}
 
 def finish_run(learn, run: Run, end: int) -> dict:
     "The result record; when the run is complete, rank 0 writes it to `out/results.json` with a plot."

@@ -18,9 +18,9 @@ from .paper import TABLE1, TABLE11, TABLE17
 # %% auto #0
 __all__ = ['FFN_LAYERS', 'NORM_LAYERS', 'ATTN_MODES', 'ROPES', 'RETIRED', 'KERNELS', 'SIZES', 'PAPER_KEYS', 'ROADMAP', 'Registry',
            'check_choice', 'check_range', 'check_positive', 'check_bool', 'IllamaConfig', 'PatchEmbed', 'Mlp',
-           'layer_norm', 'kernel_choice', 'use_kernels', 'runs_materialised', 'softmax_attention', 'Attention', 'Block',
-           'bidirectional_mask', 'no_rope', 'resample_pos_embed', 'Illama', 'size_config', 'RoadmapStep', 'add_step',
-           'get_step', 'roadmap_config', 'create_roadmap_model']
+           'layer_norm', 'kernel_choice', 'use_kernels', 'runs_materialised', 'image_chunks', 'softmax_attention',
+           'Attention', 'Block', 'bidirectional_mask', 'no_rope', 'resample_pos_embed', 'Illama', 'size_config',
+           'RoadmapStep', 'add_step', 'get_step', 'roadmap_config', 'create_roadmap_model']
 
 # %% ../nbs/00_vit.ipynb #638453a2
 class Registry(dict):
@@ -220,6 +220,10 @@ def runs_materialised(q) -> bool:
     choice = kernel_choice()
     return choice == 'reference' or (choice == 'auto' and kernels.materialise(q))
 
+def image_chunks(x, image_bytes: int):
+    "The batch `x` as the chunks of images a model runs one after another: one, unless 'auto' splits CPU inference."
+    return x.split(kernels.images_per_chunk(x, image_bytes)) if kernel_choice() == 'auto' else (x,)
+
 # %% ../nbs/00_vit.ipynb #fa4cccc5
 def softmax_attention(q, k, v):
     "Softmax(q kᵀ/√d) v as written, for q, k, v of shape (B, heads, n, head_dim): the n×n scores materialised."
@@ -370,8 +374,16 @@ class Illama(nn.Module):
         x = x[:, self.cls_index]
         return x if pre_logits else self.head(x)
 
+    @property
+    def image_bytes(self) -> int:
+        "Bytes of one image's widest activation in a block (float32): its tokens times the widest projection's outputs."
+        widest = max((getattr(m, 'out_features', 0) for m in self.blocks[0].modules()), default=0)
+        return (self.patch_embed.num_patches + 1) * max(widest, 3 * self.embed_dim) * 4
+
     def forward(self, x):
         "Logits: `forward_head(forward_features(x))`, with only the class token's output computed in the last block."
+        if len(chunks := image_chunks(x, self.image_bytes)) > 1:         # CPU inference: a chunk of images at a time
+            return torch.cat([self.forward(c) for c in chunks])
         x = self.tokens(x)
         mask = self.attention_mask(x.shape[1])
         for blk in self.blocks[:-1]: x = blk(x, mask, self.rope)

@@ -162,6 +162,38 @@ def test_inference_memory_is_bounded_by_one_chunk():
     assert largest(lambda: m.attend(q, k, v)) <= max(CHUNK_BYTES, nn_bytes) < B * nn_bytes
     assert largest(lambda: attention_reference(q, k, v, m.dense())) >= B * nn_bytes
 
+@pytest.mark.parametrize('step', list(ROADMAP))
+def test_inference_in_image_chunks_is_the_same_function(step, monkeypatch):
+    "CPU inference a chunk of images at a time (chapter 7's rule) gives the logits of the whole batch at once, every"
+    " step and alpha; it really runs chunk by chunk; the peak memory is one chunk's, not the batch's."
+    import illama.kernels as K
+    torch.manual_seed(0)
+    m = create_roadmap_model(step, **TINY).eval()
+    x = torch.randn(7, 3, 32, 32)
+    calls = []
+    m.patch_embed.register_forward_hook(lambda mod, i, o: calls.append(len(i[0])))
+    for alpha in (0.0, 0.3):
+        m.set_soft_mask_alpha(alpha)
+        with torch.no_grad():
+            monkeypatch.setattr(K, 'IMAGE_CHUNK_BYTES', 2 ** 40)       # the whole batch in one chunk
+            whole = m(x)
+            monkeypatch.setattr(K, 'IMAGE_CHUNK_BYTES', 2 * m.image_bytes)   # two images a chunk
+            _close(m(x), whole, 1e-5)
+            with use_kernels('reference'): _close(m(x), whole, 1e-5)   # the equations as written, unchunked
+    assert calls == [7, 2, 2, 2, 1, 7] * 2, calls
+    y = m(x)                                                           # with autograd: one chunk, the batch
+    assert calls[-1] == 7 and y.requires_grad
+
+def test_chunked_inference_memory_is_one_chunk():
+    "A batch of 64 images at 224² with iLLaMA-T's width: the largest allocation is one chunk's, not the batch's."
+    from torch.profiler import profile
+    from illama.kernels import IMAGE_CHUNK_BYTES
+    m = create_roadmap_model('+ soft mask', 'tiny', depth=2).eval()
+    x = torch.randn(64, 3, 224, 224)
+    with torch.no_grad(), profile(profile_memory=True) as p: m(x)
+    largest = max(e.self_cpu_memory_usage for e in p.events())
+    assert IMAGE_CHUNK_BYTES // 2 < largest <= IMAGE_CHUNK_BYTES < 64 * m.image_bytes, (largest, m.image_bytes)
+
 @pytest.mark.parametrize('rope', [Rope1D(8, (4, 4)), Rope2D(8, (4, 4), cls_pos='first')])
 def test_fused_rope_equals_chapter_4(rope):
     "Complex-product RoPE on the qkv slab = chapter 4's rotation (values, gradients; fp32, 1e-6); the layer runs each."

@@ -54,11 +54,13 @@ def _patched_ours() -> list:
     bad = []
     for mod in _import_all():
         for cls in [c for c in vars(mod).values() if isinstance(c, type) and c.__module__ == mod.__name__]:
-            for name, attr in vars(cls).items():
+            own = lambda f: (f.__qualname__.startswith(cls.__qualname__ + '.') and f.__module__ == cls.__module__
+                             and _in_class_body(cls, f))
+            for name, attr in vars(cls).items():   # torch's TorchDispatchMode wraps a subclass's __torch_dispatch__
                 bad += [f'{cls.__module__}.{cls.__qualname__}.{name} is {f.__module__}.{f.__qualname__}'
                         for f in _functions(attr)
-                        if not (f.__qualname__.startswith(cls.__qualname__ + '.')
-                                and f.__module__ == cls.__module__ and _in_class_body(cls, f))]
+                        if not (own(f) or isinstance(w := getattr(f, '__wrapped__', None), types.FunctionType)
+                                and own(w))]
     return bad
 
 def _foreign_classes() -> dict:

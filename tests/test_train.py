@@ -42,6 +42,22 @@ def test_bf16_recipe_trains_under_autocast_on_cpu(ds, tmp_path):
         learn.fit(1, cbs=[Probe()])
         assert seen == {want} and preds == {torch.float32}
 
+def test_bf16_products_run_in_float32_where_the_cpu_lacks_bf16_kernels(ds, tmp_path, monkeypatch):
+    "Without fast bf16 kernels (an AVX2 CPU), a bf16 fit runs its products as float32 kernels rounded to bf16"
+    " (chapter 7): the same run as torch's own bf16 kernels, to bf16's rounding; the record says which ran."
+    import illama.train as T, illama.kernels as K
+    runs = {}
+    for native in (True, False):
+        monkeypatch.setattr(K, 'native_bf16', lambda: native)
+        learn = train('+ soft mask', data=ds, out=tmp_path / f'native{native}', cache=tmp_path / 'c', quiet=True,
+                      recipe=_recipe(epochs=2, precision='bf16'))
+        runs[native] = learn.result, learn.cbs.filter(lambda c: isinstance(c, T.DeviceMixedPrecision))[0].fp32_products
+        assert torch._C._len_torch_dispatch_stack() == 0              # left when its batch ended
+    (theirs, none), (ours, mode) = runs[True], runs[False]
+    assert none is None and mode.products > 0
+    assert 'bf16_products' not in theirs and ours['bf16_products'] == 'float32'
+    for k in ('train_loss', 'val_loss'): assert abs(ours[k] - theirs[k]) < 0.02 * theirs[k], (k, ours[k], theirs[k])
+
 def test_streaming_pipeline_trains(ds, tmp_path):
     "pipeline='stream' (the paper regime's: decode on the fly, crop the full image) trains and writes its results."
     rec = _recipe(epochs=2, pipeline='stream')

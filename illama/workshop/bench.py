@@ -9,26 +9,29 @@ import multiprocessing as mp
 from contextlib import nullcontext
 from pathlib import Path
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 import timm
 import illama.models                                    # registers illama_* with timm
-from ..vit import use_kernels
+from ..kernels import bf16_products, cpu_flags
+from ..vit import image_chunks, use_kernels
 from ..paper import TABLE6
 from ..data import write_text_atomic
 from ..results import fmt
 
 # %% auto #0
-__all__ = ['SIZES', 'KERNELS_OF', 'NAMES', 'MODES', 'CPU_SHAPE', 'TARGETS', 'ALLOCATOR_ENV', 'split_variant', 'build',
-           'kernels_of', 'minor_faults', 'interleaved', 'spread', 'paired_ratio', 'inference_fn', 'train_step_fn',
-           'peak_memory_mb', 'bench_inference', 'bench_train', 'bench_memory', 'run_benchmark', 'targets',
-           'markdown_report', 'profile_table', 'command_line', 'main']
+__all__ = ['SIZES', 'KERNELS_OF', 'NAMES', 'MODES', 'CPU_SHAPE', 'TARGETS', 'ALLOCATOR_ENV', 'split_variant', 'ImageChunks',
+           'build', 'kernels_of', 'minor_faults', 'interleaved', 'spread', 'paired_ratio', 'inference_fn',
+           'train_step_fn', 'peak_memory_mb', 'bench_inference', 'bench_train', 'bench_memory', 'cpu_name',
+           'run_benchmark', 'targets', 'markdown_report', 'profile_table', 'command_line', 'main']
 
 # %% ../../nbs/08_benchmark.ipynb #af5a8213
 SIZES = {'T': ('tiny', 'vit_tiny_patch16_224', 'Ti'), 'S': ('small', 'vit_small_patch16_224', 'S'),
          'B': ('base', 'vit_base_patch16_224', 'B')}
 KERNELS_OF = {'illama': 'auto', 'illama_flash': 'flash', 'illama_ref': 'reference', 'illama_soft': 'auto'}
-NAMES = {'deit': 'DeiT-{}', 'illama': 'iLLaMA-{}', 'illama_flash': 'iLLaMA-{} (fused kernels)',
-         'illama_ref': 'iLLaMA-{} (reference attention)', 'illama_soft': 'iLLaMA-{} (soft mask, α=0.5)'}
+NAMES = {'deit': 'DeiT-{}', 'deit_chunked': 'DeiT-{} (in image chunks)', 'illama': 'iLLaMA-{}',
+         'illama_flash': 'iLLaMA-{} (fused kernels)', 'illama_ref': 'iLLaMA-{} (reference attention)',
+         'illama_soft': 'iLLaMA-{} (soft mask, α=0.5)'}
 MODES = {'': '', '_bf16': ' bf16', '_compiled': ' (torch.compile)'}   # variant suffix -> label: the same model run so
 CPU_SHAPE = dict(img_size=48, patch_size=6, depth=6, num_classes=10)   # the cpu regime's model (chapter 11)
 
@@ -38,10 +41,20 @@ def split_variant(variant: str) -> tuple[str, str]:
         if mode and variant.endswith(mode): return variant.removesuffix(mode), mode
     return variant, ''
 
+class ImageChunks(nn.Module):
+    "timm's ViT run a chunk of images at a time by chapter 7's rule, as iLLaMA's `forward` runs: DeiT chunked alike."
+    def __init__(self, vit):
+        super().__init__()
+        self.vit = vit
+        widest = max(getattr(m, 'out_features', 0) for m in vit.blocks[0].modules())
+        self.image_bytes = (vit.patch_embed.num_patches + vit.num_prefix_tokens) * widest * 4
+    def forward(self, x): return torch.cat([self.vit(c) for c in image_chunks(x, self.image_bytes)])
+
 def build(variant: str, size: str, device='cpu', **shape):
     "The untrained model of `variant` at Table 11 size `size` ('T', 'S', 'B'); `shape` overrides (img_size, depth...)."
     (model, mode), (name, vit, _) = split_variant(variant), SIZES[size]
     if model == 'deit': m = timm.create_model(vit, pretrained=False, **shape)
+    elif model == 'deit_chunked': m = ImageChunks(timm.create_model(vit, pretrained=False, **shape))
     else:
         m = timm.create_model(f'illama_{name}', **shape)
         if model == 'illama_soft': m.set_soft_mask_alpha(0.5)
@@ -94,8 +107,9 @@ def inference_fn(model, x, variant, dtype=None):
     "One batch through `model` without autograd, on the variant's kernels (under autocast to `dtype` if given)."
     model.eval()
     amp = torch.autocast(x.device.type, dtype=dtype) if dtype is not None else nullcontext()
+    prod = bf16_products(x.device) if dtype == torch.bfloat16 else nullcontext()   # as the trainer runs bf16
     def f():
-        with torch.inference_mode(), kernels_of(variant), amp: model(x)
+        with torch.inference_mode(), kernels_of(variant), amp, prod: model(x)
     return f
 
 def train_step_fn(model, x, y, variant, dtype=None, lr=1e-4):
@@ -103,8 +117,9 @@ def train_step_fn(model, x, y, variant, dtype=None, lr=1e-4):
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     amp = torch.autocast(x.device.type, dtype=dtype) if dtype is not None else nullcontext()
+    prod = bf16_products(x.device) if dtype == torch.bfloat16 else nullcontext()
     def f():
-        with kernels_of(variant):
+        with kernels_of(variant), prod:
             opt.zero_grad(set_to_none=True)
             with amp: loss = F.cross_entropy(model(x).float(), y)
             loss.backward()
@@ -163,6 +178,7 @@ def peak_memory_mb(kind, variant, size, shape=None, batch=64, device='cpu') -> f
 def bench_inference(size, batch, img_size, repeats, warmup, device, compile=False, bf16=False, log=print):
     "Images/s (median and spread) of every inference variant of `size`, interleaved; float32, and bf16 if asked."
     variants = ['deit', 'illama', 'illama_flash', 'illama_ref']
+    if torch.device(device).type == 'cpu': variants.insert(1, 'deit_chunked')   # chunks are CPU inference's only
     if compile: variants += ['deit_compiled', 'illama_compiled']
     torch.manual_seed(0)
     models = {v: build(v, size, device, img_size=img_size) for v in variants}
@@ -199,8 +215,18 @@ def bench_memory(device, batch=64, long_batch=32, log=print) -> dict:
         out[f'train577_{v}'] = peak_memory_mb('train', v, 'T', dict(img_size=384), long_batch, device)
     return out
 
+def cpu_name() -> str:
+    "The CPU's model name and its widest vector instructions (what bf16 and float32 products run on)."
+    try: model = next((l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')), '')
+    except OSError: model = ''
+    flags = cpu_flags()
+    isa = next((n for f, n in (('amx_bf16', 'AMX'), ('avx512_bf16', 'AVX-512 BF16'), ('avx512f', 'AVX-512'),
+                               ('avx2', 'AVX2'), ('bf16', 'BF16')) if f in flags), '')
+    return ', '.join(x for x in (model or 'CPU', isa) if x)
+
 def _settings(device, batch, img_size, repeats, warmup, compile, bf16) -> dict:
-    name = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'CPU, {torch.get_num_threads()} threads'
+    name = (torch.cuda.get_device_name(device) if device.type == 'cuda'
+            else f'{cpu_name()}, {torch.get_num_threads()} threads')
     return dict(device=str(device), device_name=name, torch=torch.__version__, timm=timm.__version__, batch=batch,
                 img_size=img_size, repeats=repeats, warmup=warmup, compile=compile, bf16=bf16)
 
@@ -238,6 +264,9 @@ def targets(res) -> list:
         s = row['size']
         out.append(_target(f"iLLaMA-{s} inference vs DeiT-{SIZES[s][2]} (images/s)",
                            paired_ratio(row['deit']['times'], row['illama']['times']), TARGETS[s], True))
+        if 'deit_chunked' in row:                   # like for like: the architecture's share, the allocator's apart
+            out.append(_target(f"iLLaMA-{s} vs DeiT-{SIZES[s][2]}, both in image chunks (like for like)",
+                               paired_ratio(row['deit_chunked']['times'], row['illama']['times']), TARGETS[s], True))
     if 'train' in res:
         t = res['train']
         out.append(_target('training step at the cpu regime shape vs ViT (time)',
@@ -268,11 +297,13 @@ def _inference_lines(row) -> list[str]:
         p = TABLE6.get(f'{v}_{name}', {}).get('img_s') if v in ('deit', 'illama') else None
         model, mode = split_variant(v)
         ref, sp = row['deit' + mode], r['infer_s']
-        cells = [NAMES[model].format(abbr if model == 'deit' else s) + MODES[mode], fmt(r['params_m']),
+        alike = row.get('deit_chunked') if model.startswith('illama') and not mode else None
+        cells = [NAMES[model].format(abbr if model.startswith('deit') else s) + MODES[mode], fmt(r['params_m']),
                  fmt(r['infer_img_s']),
                  f"{sp['min']:.3f}–{sp['max']:.3f}",
                  f"{r['page_faults'] / 1000:.0f}k" if 'page_faults' in r else '',
                  '' if model == 'deit' else _paired(paired_ratio(ref['times'], r['times'])),
+                 _paired(paired_ratio(alike['times'], r['times'])) if alike else '',
                  fmt(p, 0) if p else '',
                  _ratio(p, p_deit) if p and v == 'illama' else '']
         lines.append('| ' + ' | '.join(cells) + ' |')
@@ -308,10 +339,12 @@ def markdown_report(res, command: str = '', profile: str = '') -> str:
              f"{st['img_size']}² images; torch {st['torch']}, timm {st['timm']}. Table 6 is the paper's (A100, "
              f"batch 1024). Page faults: the median count per batch of fresh 4 KB pages touched for the first time "
              f"(thousands); glibc hands large freed tensors back to the system, and the next batch faults them in "
-             f"again.", '']
+             f"again. iLLaMA runs CPU inference a chunk of images at a time (chapter 7), which keeps freed memory for "
+             f"reuse; 'DeiT in image chunks' is timm's DeiT run in chunks by the same rule, and 'vs DeiT in chunks' "
+             f"compares iLLaMA with it: like for like, the architecture's share of the difference.", '']
     if command: lines += ['```', command, '```', '']
-    lines += ['| model | params (M) | images/s | s / batch, min–max | page faults / batch | vs DeiT | Table 6 images/s '
-              '| Table 6 vs DeiT |', '|' + '---|' * 8]
+    lines += ['| model | params (M) | images/s | s / batch, min–max | page faults / batch | vs DeiT '
+              '| vs DeiT in chunks | Table 6 images/s | Table 6 vs DeiT |', '|' + '---|' * 9]
     for row in res['rows']: lines += _inference_lines(row)
     if 'train' in res: lines += ['', *_train_lines(res['train'])]
     if 'memory' in res: lines += ['', *_memory_lines(res['memory'])]
