@@ -136,12 +136,13 @@ def materialise(q) -> bool:
     return (q.device.type == 'cpu' and q.shape[-2] <= MATERIALISE_MAX_N
             and ((q.requires_grad and torch.is_grad_enabled()) or q.dtype in (torch.bfloat16, torch.float16)))
 
-CHUNK_MAX_N = 640            # 'auto' runs float32 CPU inference of Eq. 2 in cache-sized chunks up to this many tokens
+CHUNK_MAX_N = 640            # 'auto' runs CPU inference of Eq. 2 in cache-sized chunks up to this many tokens
 CHUNK_BYTES = 2 ** 21        # the probabilities of one chunk: about one core's L2 cache
 
 def chunk_inference(q) -> bool:
-    "Per-shape rule of 'auto' for Eq. 2 without autograd: float32 on the CPU at n ≤ CHUNK_MAX_N, in chunks."
-    return (q.device.type == 'cpu' and q.dtype == torch.float32 and q.shape[-2] <= CHUNK_MAX_N
+    "Per-shape rule of 'auto' for Eq. 2 without autograd: on the CPU at n ≤ CHUNK_MAX_N (fp32, bf16, fp16), in chunks."
+    return (q.device.type == 'cpu' and q.dtype in (torch.float32, torch.bfloat16, torch.float16)
+            and q.shape[-2] <= CHUNK_MAX_N
             and not (q.requires_grad and torch.is_grad_enabled()))
 
 def post_softmax_chunked(q, k, v, alpha: float = 0.0, cls_row: int | None = None):
@@ -214,6 +215,10 @@ def bf16_products(device='cpu'):
 def rotate_qk(qk, cos, sin):
     "RoPE on `qk` (B, n, 2, heads, d), q and k in one pass, with chapter 4's tables (n, d/2): (2, B, heads, n, d)."
     cis = torch.complex(cos.float(), sin.float())                          # (n, d/2): e^{iθ}
+    if qk.dtype in (torch.bfloat16, torch.float16):                        # rotated in float32, rounded once
+        x = qk.permute(2, 0, 3, 1, 4).float()                              # (2, B, heads, n, d): the one copy, laid out
+        torch.view_as_complex(x.unflatten(-1, (-1, 2))).mul_(cis)          # for attention, rotated in place
+        return x.to(qk.dtype)
     x = torch.view_as_complex(qk.float().unflatten(-1, (-1, 2)))           # channel pairs (x0, x1) as x0 + i x1
     x = x.permute(2, 0, 3, 1, 4)                                           # (2, B, heads, n, d/2), a view
     if torch.is_grad_enabled() and qk.requires_grad: y = x * cis

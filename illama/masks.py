@@ -55,11 +55,11 @@ class AttentionMask:
 
     def attend(self, q, k, v):
         "Attention over q, k, v (B, heads, n, d) under this mask: as written, or on fused kernels (see the table)."
+        if self.kind == 'post_softmax' and kernel_choice() == 'auto' and kernels.chunk_inference(q):
+            return kernels.post_softmax_chunked(q, k, v, self.alpha, self.cls_row)   # inference: cache-sized chunks
         if runs_materialised(q):         # 'reference', or 'auto' where the n×n product is faster
             s = self.dense(q.device, torch.promote_types(q.dtype, torch.float32))
             return attention_reference(q, k, v, s, self.kind)
-        if self.kind == 'post_softmax' and kernel_choice() == 'auto' and kernels.chunk_inference(q):
-            return kernels.post_softmax_chunked(q, k, v, self.alpha, self.cls_row)   # inference: cache-sized chunks
         return self.attend_fused(q, k, v)
 
     def attend_row(self, q, k, v, i: int):

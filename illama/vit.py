@@ -271,8 +271,9 @@ class Block(nn.Module):
         return _residual(x, self.drop_path(self.mlp(self.norm2(x))))
 
 def _residual(x, h):
-    "x + h: into `h` (the branch's fresh output) when nothing is differentiated, else a new tensor for autograd."
-    return x + h if torch.is_grad_enabled() else h.add_(x)
+    "x + h: into `h` (the branch's fresh output) without autograd if `h` holds the sum's dtype, else a new tensor."
+    if torch.is_grad_enabled() or h.dtype != torch.promote_types(h.dtype, x.dtype): return x + h
+    return h.add_(x)
 
 # %% ../nbs/00_vit.ipynb #fc896082
 @ATTN_MODES.register('bidirectional')

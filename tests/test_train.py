@@ -107,7 +107,11 @@ def test_two_gloo_processes_equal_one(tmp_path):
         r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     w1, w2 = torch.load(tmp_path / 'np1' / 'weights.pt'), torch.load(tmp_path / 'np2' / 'weights.pt')
-    for k in w1: torch.testing.assert_close(w1[k], w2[k], rtol=1e-4, atol=1e-6)
+    # AdamW's first step moves every weight by about lr = 7.5e-4 whatever its gradient's size, so a rank that did not
+    # average its gradients differs by that much. Where a gradient is near Adam's eps (1e-8), g / (|g| + eps) turns the
+    # summation order of 6 + 6 vs 12 samples into a visible change: allow 1e-5 (1 % of a step) there, 1e-6 elsewhere.
+    diffs = torch.cat([(w1[k].float() - w2[k].float()).abs().flatten() for k in w1 if w1[k].is_floating_point()])
+    assert diffs.max() <= 1e-5 and (diffs <= 1e-6).float().mean() >= 0.999, (diffs.max(), (diffs > 1e-6).sum())
     m1, m2 = (json.loads((tmp_path / f'np{n}' / 'metrics.json').read_text()) for n in (1, 2))
     assert m2['nproc'] == 2 and m1['top1'] == pytest.approx(m2['top1']) and m1['top5'] == pytest.approx(m2['top5'])
     assert m1['val_loss'] == pytest.approx(m2['val_loss'], rel=1e-4)   # exact over ranks despite the padded duplicate
