@@ -215,13 +215,14 @@ def bf16_products(device='cpu'):
 def rotate_qk(qk, cos, sin):
     "RoPE on `qk` (B, n, 2, heads, d), q and k in one pass, with chapter 4's tables (n, d/2): (2, B, heads, n, d)."
     cis = torch.complex(cos.float(), sin.float())                          # (n, d/2): e^{iθ}
-    if qk.dtype in (torch.bfloat16, torch.float16):                        # rotated in float32, rounded once
-        x = qk.permute(2, 0, 3, 1, 4).float()                              # (2, B, heads, n, d): the one copy, laid out
-        torch.view_as_complex(x.unflatten(-1, (-1, 2))).mul_(cis)          # for attention, rotated in place
+    grad = torch.is_grad_enabled() and qk.requires_grad
+    if qk.dtype in (torch.bfloat16, torch.float16) and not grad:           # rotated in float32, rounded once:
+        x = qk.permute(2, 0, 3, 1, 4).float()                              # (2, B, heads, n, d), the one copy laid
+        torch.view_as_complex(x.unflatten(-1, (-1, 2))).mul_(cis)          # out for attention, rotated in place
         return x.to(qk.dtype)
     x = torch.view_as_complex(qk.float().unflatten(-1, (-1, 2)))           # channel pairs (x0, x1) as x0 + i x1
     x = x.permute(2, 0, 3, 1, 4)                                           # (2, B, heads, n, d/2), a view
-    if torch.is_grad_enabled() and qk.requires_grad: y = x * cis
+    if grad: y = x * cis
     else: y = torch.mul(x, cis, out=torch.empty(x.shape, dtype=x.dtype, device=x.device))   # laid out for attention
     return torch.view_as_real(y).flatten(-2).to(qk.dtype)
 
