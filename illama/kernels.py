@@ -10,11 +10,11 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count, sdpa_backward_flop_count
 
 # %% auto #0
-__all__ = ['MATERIALISE_MAX_N', 'CHUNK_MAX_N', 'CHUNK_BYTES', 'IMAGE_CHUNK_BYTES', 'BF16_FLAGS', 'sdpa_lse', 'sdpa_lse_backward',
-           'post_softmax_attention_op', 'post_softmax_attention_backward', 'flop_formulas', 'post_softmax_sdpa',
-           'post_softmax_attention', 'materialise', 'chunk_inference', 'post_softmax_chunked', 'images_per_chunk',
-           'cpu_flags', 'native_bf16', 'BF16ProductsInFP32', 'bf16_products', 'rotate_qk', 'RMSNormFunction',
-           'rms_norm', 'table2_flops', 'causal_needed_macs', 'counted_macs']
+__all__ = ['MATERIALISE_MAX_N', 'REDUCED_DTYPES', 'CHUNK_MAX_N', 'CHUNK_BYTES', 'IMAGE_CHUNK_BYTES', 'BF16_FLAGS', 'sdpa_lse',
+           'sdpa_lse_backward', 'post_softmax_attention_op', 'post_softmax_attention_backward', 'flop_formulas',
+           'post_softmax_sdpa', 'post_softmax_attention', 'materialise', 'chunk_inference', 'post_softmax_chunked',
+           'images_per_chunk', 'cpu_flags', 'native_bf16', 'BF16ProductsInFP32', 'bf16_products', 'rotate_qk',
+           'RMSNormFunction', 'rms_norm', 'table2_flops', 'causal_needed_macs', 'counted_macs']
 
 # %% ../nbs/07_kernels.ipynb #6b07fa25
 _aten = torch.ops.aten
@@ -130,18 +130,19 @@ def post_softmax_attention(q, k, v, alpha: float = 0.0, cls_row: int | None = No
 
 # %% ../nbs/07_kernels.ipynb #0fce9f9e
 MATERIALISE_MAX_N = 256      # 'auto' materialises attention while training on the CPU up to this many tokens
+REDUCED_DTYPES = (torch.bfloat16, torch.float16)   # autocast's reduced precisions, which 'auto' treats apart
 
 def materialise(q) -> bool:
     "Per-shape rule of 'auto': the n×n product is faster on the CPU at n ≤ MATERIALISE_MAX_N, training or in bf16/fp16."
     return (q.device.type == 'cpu' and q.shape[-2] <= MATERIALISE_MAX_N
-            and ((q.requires_grad and torch.is_grad_enabled()) or q.dtype in (torch.bfloat16, torch.float16)))
+            and ((q.requires_grad and torch.is_grad_enabled()) or q.dtype in REDUCED_DTYPES))
 
 CHUNK_MAX_N = 640            # 'auto' runs CPU inference of Eq. 2 in cache-sized chunks up to this many tokens
 CHUNK_BYTES = 2 ** 21        # the probabilities of one chunk: about one core's L2 cache
 
 def chunk_inference(q) -> bool:
     "Per-shape rule of 'auto' for Eq. 2 without autograd: on the CPU at n ≤ CHUNK_MAX_N (fp32, bf16, fp16), in chunks."
-    return (q.device.type == 'cpu' and q.dtype in (torch.float32, torch.bfloat16, torch.float16)
+    return (q.device.type == 'cpu' and q.dtype in (torch.float32, *REDUCED_DTYPES)
             and q.shape[-2] <= CHUNK_MAX_N
             and not (q.requires_grad and torch.is_grad_enabled()))
 
@@ -216,7 +217,7 @@ def rotate_qk(qk, cos, sin):
     "RoPE on `qk` (B, n, 2, heads, d), q and k in one pass, with chapter 4's tables (n, d/2): (2, B, heads, n, d)."
     cis = torch.complex(cos.float(), sin.float())                          # (n, d/2): e^{iθ}
     grad = torch.is_grad_enabled() and qk.requires_grad
-    if qk.dtype in (torch.bfloat16, torch.float16) and not grad:           # rotated in float32, rounded once:
+    if qk.dtype in REDUCED_DTYPES and not grad:           # rotated in float32, rounded once:
         x = qk.permute(2, 0, 3, 1, 4).float()                              # (2, B, heads, n, d), the one copy laid
         torch.view_as_complex(x.unflatten(-1, (-1, 2))).mul_(cis)          # out for attention, rotated in place
         return x.to(qk.dtype)
