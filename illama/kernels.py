@@ -13,8 +13,8 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count, sdpa_back
 __all__ = ['MATERIALISE_MAX_N', 'REDUCED_DTYPES', 'CHUNK_MAX_N', 'CHUNK_BYTES', 'IMAGE_CHUNK_BYTES', 'BF16_FLAGS', 'sdpa_lse',
            'sdpa_lse_backward', 'post_softmax_attention_op', 'post_softmax_attention_backward', 'flop_formulas',
            'post_softmax_sdpa', 'post_softmax_attention', 'materialise', 'chunk_inference', 'post_softmax_chunked',
-           'images_per_chunk', 'cpu_flags', 'native_bf16', 'BF16ProductsInFP32', 'bf16_products', 'rotate_qk',
-           'RMSNormFunction', 'rms_norm', 'table2_flops', 'causal_needed_macs', 'counted_macs']
+           'images_per_chunk', 'cpu_flags', 'native_bf16', 'BF16ProductsInFP32', 'bf16_products', 'RotateQK',
+           'rotate_qk', 'RMSNormFunction', 'rms_norm', 'table2_flops', 'causal_needed_macs', 'counted_macs']
 
 # %% ../nbs/07_kernels.ipynb #6b07fa25
 _aten = torch.ops.aten
@@ -213,19 +213,36 @@ def bf16_products(device='cpu'):
     return BF16ProductsInFP32() if torch.device(device).type == 'cpu' and not native_bf16() else nullcontext()
 
 # %% ../nbs/07_kernels.ipynb #43181670
+def _rotate(qk, cis):
+    "`qk` (B, n, 2, heads, d) times `cis` (n, d/2) per channel pair, in float32, into a new tensor laid out for attention."
+    if qk.dtype == torch.float32:                            # one strided product, written in the attention's layout
+        x = torch.view_as_complex(qk.unflatten(-1, (-1, 2))).permute(2, 0, 3, 1, 4)    # (2, B, heads, n, d/2), a view
+        y = torch.mul(x, cis, out=torch.empty(x.shape, dtype=x.dtype, device=x.device))  # channel pairs as x0 + i x1
+        return torch.view_as_real(y).flatten(-2)                                          # (2, B, heads, n, d)
+    x = qk.permute(2, 0, 3, 1, 4).to(torch.float32, memory_format=torch.contiguous_format)   # bf16 / fp16: the
+    # float32 copy, laid out for attention (`.float()` would keep the strides of the permuted slice),
+    torch.view_as_complex(x.unflatten(-1, (-1, 2))).mul_(cis)                             # rotated in place
+    return x
+
+class RotateQK(torch.autograd.Function):
+    "RoPE of q and k with its closed-form backward: a rotation's gradient is the gradient rotated back, by e^{-iθ}."
+    @staticmethod
+    def forward(ctx, qk, cis):
+        ctx.save_for_backward(cis)
+        return _rotate(qk, cis).to(qk.dtype)                                # rounded once to the input's dtype
+
+    @staticmethod
+    def backward(ctx, g):                                                   # g: (2, B, heads, n, d)
+        cis, = ctx.saved_tensors
+        x = g.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+        torch.view_as_complex(x.unflatten(-1, (-1, 2))).mul_(cis.conj())   # the inverse rotation, in float32
+        return x.permute(1, 3, 0, 2, 4).to(g.dtype), None                  # back to the qkv layout (B, n, 2, heads, d)
+
 def rotate_qk(qk, cos, sin):
     "RoPE on `qk` (B, n, 2, heads, d), q and k in one pass, with chapter 4's tables (n, d/2): (2, B, heads, n, d)."
     cis = torch.complex(cos.float(), sin.float())                          # (n, d/2): e^{iθ}
-    grad = torch.is_grad_enabled() and qk.requires_grad
-    if qk.dtype in REDUCED_DTYPES and not grad:           # rotated in float32, rounded once:
-        x = qk.permute(2, 0, 3, 1, 4).float()                              # (2, B, heads, n, d), the one copy laid
-        torch.view_as_complex(x.unflatten(-1, (-1, 2))).mul_(cis)          # out for attention, rotated in place
-        return x.to(qk.dtype)
-    x = torch.view_as_complex(qk.float().unflatten(-1, (-1, 2)))           # channel pairs (x0, x1) as x0 + i x1
-    x = x.permute(2, 0, 3, 1, 4)                                           # (2, B, heads, n, d/2), a view
-    if grad: y = x * cis
-    else: y = torch.mul(x, cis, out=torch.empty(x.shape, dtype=x.dtype, device=x.device))   # laid out for attention
-    return torch.view_as_real(y).flatten(-2).to(qk.dtype)
+    if torch.is_grad_enabled() and qk.requires_grad: return RotateQK.apply(qk, cis)
+    return _rotate(qk, cis).to(qk.dtype)
 
 # %% ../nbs/07_kernels.ipynb #7d04d80c
 def _rms_forward(x, weight, eps: float):
