@@ -13,8 +13,8 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count, sdpa_back
 __all__ = ['MATERIALISE_MAX_N', 'REDUCED_DTYPES', 'CHUNK_MAX_N', 'CHUNK_BYTES', 'IMAGE_CHUNK_BYTES', 'BF16_FLAGS', 'sdpa_lse',
            'sdpa_lse_backward', 'post_softmax_attention_op', 'post_softmax_attention_backward', 'flop_formulas',
            'post_softmax_sdpa', 'post_softmax_attention', 'materialise', 'chunk_inference', 'post_softmax_chunked',
-           'images_per_chunk', 'cpu_flags', 'native_bf16', 'BF16ProductsInFP32', 'bf16_products', 'RotateQK',
-           'rotate_qk', 'RMSNormFunction', 'rms_norm', 'table2_flops', 'causal_needed_macs', 'counted_macs']
+           'image_bytes', 'images_per_chunk', 'cpu_flags', 'native_bf16', 'BF16ProductsInFP32', 'bf16_products',
+           'RotateQK', 'rotate_qk', 'RMSNormFunction', 'rms_norm', 'table2_flops', 'causal_needed_macs', 'counted_macs']
 
 # %% ../nbs/07_kernels.ipynb #6b07fa25
 _aten = torch.ops.aten
@@ -163,6 +163,10 @@ def post_softmax_chunked(q, k, v, alpha: float = 0.0, cls_row: int | None = None
 
 # %% ../nbs/07_kernels.ipynb #e97c0f21
 IMAGE_CHUNK_BYTES = 2 ** 23   # 'auto' CPU inference: the widest activation of one chunk of images (8 MiB)
+
+def image_bytes(block, tokens: int) -> int:
+    "Bytes of one image's widest activation in `block` (float32): its `tokens` times the widest linear layer's outputs."
+    return tokens * max((getattr(m, 'out_features', 0) for m in block.modules()), default=0) * 4
 
 def images_per_chunk(x, image_bytes: int) -> int:
     "Per-shape rule of 'auto': images per chunk of CPU inference, each chunk's widest activation ≤ IMAGE_CHUNK_BYTES."

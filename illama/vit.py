@@ -378,8 +378,7 @@ class Illama(nn.Module):
     @property
     def image_bytes(self) -> int:
         "Bytes of one image's widest activation in a block (float32): its tokens times the widest projection's outputs."
-        widest = max((getattr(m, 'out_features', 0) for m in self.blocks[0].modules()), default=0)
-        return (self.patch_embed.num_patches + 1) * max(widest, 3 * self.embed_dim) * 4
+        return kernels.image_bytes(self.blocks[0], self.patch_embed.num_patches + 1)   # chapter 7
 
     def forward(self, x):
         "Logits: `forward_head(forward_features(x))`, with only the class token's output computed in the last block."

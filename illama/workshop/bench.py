@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import timm
 import illama.models                                    # registers illama_* with timm
-from ..kernels import bf16_products, cpu_flags
+from ..kernels import bf16_products, cpu_flags, image_bytes
 from ..vit import image_chunks, use_kernels
 from ..paper import TABLE6
 from ..data import write_text_atomic
@@ -46,8 +46,7 @@ class ImageChunks(nn.Module):
     def __init__(self, vit):
         super().__init__()
         self.vit = vit
-        widest = max(getattr(m, 'out_features', 0) for m in vit.blocks[0].modules())
-        self.image_bytes = (vit.patch_embed.num_patches + vit.num_prefix_tokens) * widest * 4
+        self.image_bytes = image_bytes(vit.blocks[0], vit.patch_embed.num_patches + vit.num_prefix_tokens)
     def forward(self, x): return torch.cat([self.vit(c) for c in image_chunks(x, self.image_bytes)])
 
 def build(variant: str, size: str, device='cpu', **shape):
