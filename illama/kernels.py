@@ -218,7 +218,7 @@ def bf16_products(device='cpu'):
 
 # %% ../nbs/07_kernels.ipynb #43181670
 def _rotate(qk, cis):
-    "`qk` (B, n, 2, heads, d) times `cis` (n, d/2) per channel pair, in float32, into a new tensor laid out for attention."
+    "`qk` (B, n, 2, heads, d) times `cis` (n, d/2) per channel pair, in float32, as a new tensor in attention's layout."
     if qk.dtype == torch.float32:                            # one strided product, written in the attention's layout
         x = torch.view_as_complex(qk.unflatten(-1, (-1, 2))).permute(2, 0, 3, 1, 4)    # (2, B, heads, n, d/2), a view
         y = torch.mul(x, cis, out=torch.empty(x.shape, dtype=x.dtype, device=x.device))  # channel pairs as x0 + i x1
