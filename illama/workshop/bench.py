@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import timm
 import illama.models                                    # registers illama_* with timm
-from ..kernels import bf16_products, cpu_flags, image_bytes
+from ..kernels import bf16_products, causal_needed_macs, counted_macs, cpu_flags, image_bytes, table2_flops
 from ..vit import image_chunks, use_kernels
 from ..paper import TABLE6
 from ..data import write_text_atomic
@@ -22,8 +22,9 @@ from ..results import fmt
 # %% auto #0
 __all__ = ['SIZES', 'KERNELS_OF', 'NAMES', 'MODES', 'CPU_SHAPE', 'TARGETS', 'ALLOCATOR_ENV', 'split_variant', 'ImageChunks',
            'build', 'kernels_of', 'minor_faults', 'interleaved', 'spread', 'paired_ratio', 'inference_fn',
-           'train_step_fn', 'peak_memory_mb', 'bench_inference', 'bench_train', 'bench_memory', 'cpu_name',
-           'run_benchmark', 'targets', 'markdown_report', 'profile_table', 'command_line', 'main']
+           'train_step_fn', 'peak_memory_mb', 'macs_per_image', 'causal_zero_macs', 'bench_inference', 'bench_train',
+           'bench_memory', 'cpu_name', 'run_benchmark', 'targets', 'markdown_report', 'profile_table', 'command_line',
+           'main']
 
 # %% ../../nbs/08_benchmark.ipynb #af5a8213
 SIZES = {'T': ('tiny', 'vit_tiny_patch16_224', 'Ti'), 'S': ('small', 'vit_small_patch16_224', 'S'),
@@ -173,6 +174,18 @@ def peak_memory_mb(kind, variant, size, shape=None, batch=64, device='cpu') -> f
     if 'error' in res: raise RuntimeError(f'peak memory of {variant}-{size}: {res["error"]}')
     return res['peak_mb']
 
+# %% ../../nbs/08_benchmark.ipynb #be6913f2
+def macs_per_image(model, variant: str, img_size: int = 224, device='cpu') -> int:
+    "MACs of one image through `model` on the variant's kernels, as they run (chapter 7's `counted_macs`)."
+    x = torch.randn(1, 3, img_size, img_size, device=device)
+    with kernels_of(variant): return counted_macs(model.eval(), x)
+
+def causal_zero_macs(cfg) -> int:
+    "MACs of the causal PV product's zero upper triangle in every block but the last (0 unless attention is causal)."
+    if cfg.attn != 'causal': return 0
+    n, d = cfg.num_patches + 1, cfg.embed_dim
+    return (cfg.depth - 1) * (table2_flops(n, d) - causal_needed_macs(n, d))   # n(n-1)/2 · d a block
+
 # %% ../../nbs/08_benchmark.ipynb #0695312f
 def bench_inference(size, batch, img_size, repeats, warmup, device, compile=False, bf16=False, log=print):
     "Images/s (median and spread) of every inference variant of `size`, interleaved; float32, and bf16 if asked."
@@ -188,6 +201,9 @@ def bench_inference(size, batch, img_size, repeats, warmup, device, compile=Fals
     row = {v: dict(params_m=sum(p.numel() for p in models[split_variant(v)[0]].parameters()) / 1e6,
                    infer_img_s=batch / statistics.median(t[v]), infer_s=spread(t[v]), times=t[v],
                    page_faults=statistics.median(pf[v])) for v in fns}
+    for v in ('deit', 'illama'):                                       # the arithmetic of the like-for-like pair
+        row[v]['macs'] = macs_per_image(models[v], v, img_size, device)
+    row['illama']['causal_zero_macs'] = causal_zero_macs(models['illama'].cfg)
     return dict(size=size, **row)
 
 def bench_train(repeats, warmup, device, batch=128, log=print):
@@ -326,6 +342,19 @@ def _memory_lines(m) -> list[str]:
             f"| training step, iLLaMA-T, 384² (577 tokens), batch 32 | {m['train577_illama']:.0f} |",
             f"| the same on the reference attention | {m['train577_illama_ref']:.0f} |"]
 
+def _macs_lines(rows) -> list[str]:
+    "Per size: DeiT's and iLLaMA's MACs per image, their ratio (as run; causal zeros skipped), beside like for like."
+    lines = ['| size | DeiT MACs / image (G) | iLLaMA (G) | DeiT / iLLaMA, MACs as run | the causal zeros skipped too '
+             '| like for like, measured |', '|---|---|---|---|---|---|']
+    for row in rows:
+        d, i = row['deit'], row['illama']
+        if 'macs' not in i: continue
+        alike = row.get('deit_chunked', d)                 # on a GPU, DeiT itself runs as iLLaMA does: no chunks
+        lines.append(f"| {row['size']} | {d['macs'] / 1e9:.3f} | {i['macs'] / 1e9:.3f} | {d['macs'] / i['macs']:.3f}× "
+                     f"| {d['macs'] / (i['macs'] - i['causal_zero_macs']):.3f}× "
+                     f"| {_paired(paired_ratio(alike['times'], i['times']))} |")
+    return lines if len(lines) > 2 else []
+
 # %% ../../nbs/08_benchmark.ipynb #9138b8cc
 def markdown_report(res, command: str = '', profile: str = '') -> str:
     "The benchmark as markdown: inference beside Table 6, the training step, memory, the targets and the settings."
@@ -340,11 +369,15 @@ def markdown_report(res, command: str = '', profile: str = '') -> str:
              f"(thousands); glibc hands large freed tensors back to the system, and the next batch faults them in "
              f"again. iLLaMA runs CPU inference a chunk of images at a time (chapter 7), which keeps freed memory for "
              f"reuse; 'DeiT in image chunks' is timm's DeiT run in chunks by the same rule, and 'vs DeiT in chunks' "
-             f"compares iLLaMA with it: like for like, the architecture's share of the difference.", '']
+             f"compares iLLaMA with it: like for like, the architecture's share of the difference. MACs: one image's "
+             f"multiply-adds as they run (chapter 7's `counted_macs`); if time followed them, like for like would be "
+             f"DeiT's over iLLaMA's. The next column also skips the zero upper triangle of the causal PV product, "
+             f"all that exact arithmetic could still skip (Eq. 2's softmax needs every score).", '']
     if command: lines += ['```', command, '```', '']
     lines += ['| model | params (M) | images/s | s / batch, min–max | page faults / batch | vs DeiT '
               '| vs DeiT in chunks | Table 6 images/s | Table 6 vs DeiT |', '|' + '---|' * 9]
     for row in res['rows']: lines += _inference_lines(row)
+    if macs := _macs_lines(res['rows']): lines += ['', *macs]
     if 'train' in res: lines += ['', *_train_lines(res['train'])]
     if 'memory' in res: lines += ['', *_memory_lines(res['memory'])]
     lines += ['', '| target | measured | goal | met |', '|---|---|---|---|']
