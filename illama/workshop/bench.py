@@ -181,7 +181,7 @@ def macs_per_image(model, variant: str, img_size: int = 224, device='cpu') -> in
     with kernels_of(variant): return counted_macs(model.eval(), x)
 
 def causal_zero_macs(cfg) -> int:
-    "MACs of the causal PV product's zero upper triangle in every block but the last (0 unless attention is causal)."
+    "MACs of the causal PV product's zero upper triangle in every block but the last, at α = 0 (0 if not causal)."
     if cfg.attn != 'causal': return 0
     n, d = cfg.num_patches + 1, cfg.embed_dim
     return (cfg.depth - 1) * (table2_flops(n, d) - causal_needed_macs(n, d))   # n(n-1)/2 · d a block
