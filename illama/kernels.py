@@ -14,7 +14,8 @@ __all__ = ['MATERIALISE_MAX_N', 'REDUCED_DTYPES', 'CHUNK_MAX_N', 'CHUNK_BYTES', 
            'sdpa_lse_backward', 'post_softmax_attention_op', 'post_softmax_attention_backward', 'flop_formulas',
            'post_softmax_sdpa', 'post_softmax_attention', 'materialise', 'chunk_inference', 'post_softmax_chunked',
            'image_bytes', 'images_per_chunk', 'cpu_flags', 'native_bf16', 'BF16ProductsInFP32', 'bf16_products',
-           'RotateQK', 'rotate_qk', 'RMSNormFunction', 'rms_norm', 'table2_flops', 'causal_needed_macs', 'counted_macs']
+           'RotateQKV', 'rotate_qkv', 'RMSNormFunction', 'rms_norm', 'table2_flops', 'causal_needed_macs',
+           'counted_macs']
 
 # %% ../nbs/07_kernels.ipynb #6b07fa25
 _aten = torch.ops.aten
@@ -228,25 +229,33 @@ def _rotate(qk, cis):
     torch.view_as_complex(x.unflatten(-1, (-1, 2))).mul_(cis)                             # rotated in place
     return x
 
-class RotateQK(torch.autograd.Function):
-    "RoPE of q and k with its closed-form backward: a rotation's gradient is the gradient rotated back, by e^{-iθ}."
+def _rotated_qkv(qkv, cis):
+    "q and k of `qkv` (B, n, 3, heads, d) rotated by `cis`, and v: each (B, heads, n, d), laid out for attention."
+    q, k = _rotate(qkv[:, :, :2], cis).to(qkv.dtype).unbind(0)            # rounded once to the input's dtype
+    return q, k, qkv[:, :, 2].transpose(1, 2).contiguous()                # v copied: qkv is not kept for backward
+
+class RotateQKV(torch.autograd.Function):
+    "RoPE of q and k (v laid out beside them) with a closed-form backward: the gradient rotated back, by e^{-iθ}."
     @staticmethod
-    def forward(ctx, qk, cis):
+    def forward(ctx, qkv, cis):
         ctx.save_for_backward(cis)
-        return _rotate(qk, cis).to(qk.dtype)                                # rounded once to the input's dtype
+        return _rotated_qkv(qkv, cis)
 
     @staticmethod
-    def backward(ctx, g):                                                   # g: (2, B, heads, n, d)
+    def backward(ctx, gq, gk, gv):                                          # each (B, heads, n, d)
         cis, = ctx.saved_tensors
-        x = g.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
-        torch.view_as_complex(x.unflatten(-1, (-1, 2))).mul_(cis.conj())   # the inverse rotation, in float32
-        return x.permute(1, 3, 0, 2, 4).to(g.dtype), None                  # back to the qkv layout (B, n, 2, heads, d)
+        B, H, N, D = gv.shape
+        x = gv.new_empty(2, B, H, N, D, dtype=torch.float32)
+        x[0], x[1] = gq, gk                                                 # q's and k's gradients, in float32
+        torch.view_as_complex(x.unflatten(-1, (-1, 2))).mul_(cis.conj())   # the inverse rotation
+        g = gv.new_empty(B, N, 3, H, D)            # qkv's gradient, written once (through slices: zeros, copies, a sum)
+        g[:, :, :2], g[:, :, 2] = x.permute(1, 3, 0, 2, 4), gv.transpose(1, 2)
+        return g, None
 
-def rotate_qk(qk, cos, sin):
-    "RoPE on `qk` (B, n, 2, heads, d), q and k in one pass, with chapter 4's tables (n, d/2): (2, B, heads, n, d)."
+def rotate_qkv(qkv, cos, sin):
+    "RoPE on the qkv projection (B, n, 3, heads, d), q and k in one pass, by chapter 4's tables (n, d/2): q, k, v."
     cis = torch.complex(cos.float(), sin.float())                          # (n, d/2): e^{iθ}
-    if torch.is_grad_enabled() and qk.requires_grad: return RotateQK.apply(qk, cis)
-    return _rotate(qk, cis).to(qk.dtype)
+    return RotateQKV.apply(qkv, cis) if torch.is_grad_enabled() and qkv.requires_grad else _rotated_qkv(qkv, cis)
 
 # %% ../nbs/07_kernels.ipynb #7d04d80c
 def _rms_forward(x, weight, eps: float):
@@ -267,11 +276,12 @@ class RMSNormFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy):
         x, r, weight = ctx.saved_tensors
-        xhat = x.float() * r
-        gw = (gy * xhat.type_as(x)).flatten(0, -2).sum(0).to(weight.dtype)
-        g = (gy * weight).float()
-        gx = (g - xhat * (g * xhat).mean(-1, keepdim=True)) * r
-        return gx.type_as(x), gw, None
+        gy, xf, w, dim = gy.float(), x.float(), weight.float(), x.shape[-1]
+        # LayerNorm's fused backward at mean 0 is r (g - mean(g) - x̂ mean(g x̂)), g = gy w: RMSNorm's, less r mean(g)
+        gx, gw, _ = _aten.native_layer_norm_backward(gy, xf, [dim], torch.zeros_like(r), r, w, None,
+                                                     [True, True, False])
+        g_sum = torch.mv(gy.reshape(-1, dim), w).view(r.shape)             # Σ g over the channels: one product
+        return gx.add_(g_sum.mul_(r), alpha=1 / dim).type_as(x), gw.to(weight.dtype), None
 
 def rms_norm(x, weight, eps: float = 1e-6):
     "RMSNorm of `x` with gain `weight` (chapter 2's formula), differentiated by `RMSNormFunction`'s closed form."

@@ -52,8 +52,7 @@ class Rope(nn.Module):
         if kernel_choice() == 'reference':
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
             return self.rotate(q), self.rotate(k), v
-        q, k = kernels.rotate_qk(qkv[:, :, :2], self.cos, self.sin).unbind(0)   # chapter 7
-        return q, k, qkv[:, :, 2].transpose(1, 2).contiguous()   # a copy of v: the qkv output is not kept for backward
+        return kernels.rotate_qkv(qkv, self.cos, self.sin)   # chapter 7: one complex product, its own backward
 
 class Rope1D(Rope):
     "LLaMA's RoPE over the N+1 tokens of the sequence (patches and class token), positions 0..N in sequence order."

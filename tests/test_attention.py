@@ -6,7 +6,7 @@ import pytest, torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from illama.masks import AttentionMask, attention_reference, soft_mask, causal_mask
-from illama.kernels import (post_softmax_attention, post_softmax_sdpa, rotate_qk, table2_flops, causal_needed_macs,
+from illama.kernels import (post_softmax_attention, post_softmax_sdpa, rotate_qkv, table2_flops, causal_needed_macs,
                             counted_macs, sdpa_lse, materialise, MATERIALISE_MAX_N)
 from illama.vit import Attention, create_roadmap_model, ROADMAP, use_kernels, kernel_choice, runs_materialised
 from illama.rope import Rope1D, Rope2D
@@ -199,7 +199,8 @@ def test_fused_rope_equals_chapter_4(rope):
     "Complex-product RoPE on the qkv slab = chapter 4's rotation (values, gradients; fp32, 1e-6); the layer runs each."
     qkv = torch.randn(2, 17, 3, 2, 8, requires_grad=True)
     q, k = rope.rotate(qkv[:, :, 0].transpose(1, 2)), rope.rotate(qkv[:, :, 1].transpose(1, 2))
-    q2, k2 = rotate_qk(qkv[:, :, :2], rope.cos, rope.sin).unbind(0)
+    q2, k2, v2 = rotate_qkv(qkv, rope.cos, rope.sin)
+    assert torch.equal(v2, qkv[:, :, 2].transpose(1, 2))
     _close(q, q2, 1e-6)
     _close(k, k2, 1e-6)
     g = torch.randn(2, *q.shape)
