@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_train.ipynb #272813e6
 from __future__ import annotations
-import argparse, dataclasses, json, math, os, subprocess, sys, time, warnings
+import argparse, atexit, dataclasses, json, math, os, subprocess, sys, time, warnings
 from dataclasses import dataclass, field, asdict
 from functools import partial
 from pathlib import Path
@@ -449,12 +449,18 @@ class CpuDistributedDL(DistributedDL):
         dist.broadcast(t, rank)
         return t.cpu().tolist()
 
+def _destroy_process_group():
+    "Destroy the default process group, if there is one: its gloo threads must stop while Python is still alive."
+    if dist.is_initialized(): dist.destroy_process_group()
+
 def _fit(learn, n_epochs: int, cbs):
     "`learn.fit`, inside fastai's `distrib_ctx` (with CPU-safe loaders) when this process is one of several."
     if num_distrib() <= 1: return learn.fit(n_epochs, cbs=cbs)
     on_cpu = not torch.cuda.is_available()
     if on_cpu: learn.dls.loaders = [CpuDistributedDL(dl) for dl in learn.dls.loaders]
     with learn.distrib_ctx(sync_bn=False, cpu=on_cpu): learn.fit(n_epochs, cbs=cbs)
+    atexit.unregister(_destroy_process_group)   # registered once, however many fits
+    atexit.register(_destroy_process_group)
 
 # %% ../nbs/11_train.ipynb #7b1e2c33
 def plot_history(history, fn=None, alpha_curve=None):

@@ -84,7 +84,8 @@ def test_resume_continues_identically(ds, tmp_path):
     assert (tmp_path / 'cut' / 'results.json').exists() and (tmp_path / 'cut' / 'results.png').exists()
 
 DDP_SCRIPT = textwrap.dedent('''
-    import json, sys, torch
+    import atexit, json, sys, torch
+    import torch.distributed as dist
     from pathlib import Path
     from fastai.torch_core import rank_distrib
     from illama.train import train, step_recipe
@@ -94,16 +95,20 @@ DDP_SCRIPT = textwrap.dedent('''
     if rank_distrib() == 0:
         torch.save(learn.model.state_dict(), out / 'weights.pt')
         (out / 'metrics.json').write_text(json.dumps({k: learn.result[k] for k in ('top1', 'top5', 'val_loss', 'nproc')}))
+    if dist.is_initialized() != (int(sys.argv[4]) > 1): sys.exit('a process group only when there are several')
+    atexit._run_exitfuncs()   # what Python runs at exit: a gloo group alive in its teardown can abort the process
+    if dist.is_initialized(): sys.exit('the process group outlived the exit handlers')
 ''')
 
 def test_two_gloo_processes_equal_one(tmp_path):
-    "One step: 2 processes × 6 samples (DDP, gloo) end with the same parameters as 1 process × 12 samples."
+    """One step: 2 processes × 6 samples (DDP, gloo) end with the same parameters as 1 process × 12 samples; at exit
+    the two destroy their process group (a gloo group alive in Python's teardown aborted a CI run)."""
     ds = fake_imagenet(tmp_path / 'ds', n_classes=3, n_train=4, n_val=3)     # 12 train images = one global batch; 9 val
     script = tmp_path / 'ddp.py'; script.write_text(DDP_SCRIPT)
     env = {**os.environ, 'PYTHONPATH': str(ROOT), 'OMP_NUM_THREADS': '1'}
     for n in (1, 2):
         out = tmp_path / f'np{n}'; out.mkdir()
-        cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={n}', str(script), str(ds), str(out), '12']
+        cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={n}', str(script), str(ds), str(out), '12', str(n)]
         r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     w1, w2 = torch.load(tmp_path / 'np1' / 'weights.pt'), torch.load(tmp_path / 'np2' / 'weights.pt')
