@@ -23,8 +23,8 @@ from ..results import fmt
 __all__ = ['SIZES', 'KERNELS_OF', 'NAMES', 'MODES', 'CPU_SHAPE', 'TARGETS', 'ALLOCATOR_ENV', 'split_variant', 'ImageChunks',
            'build', 'kernels_of', 'minor_faults', 'interleaved', 'spread', 'paired_ratio', 'inference_fn',
            'train_step_fn', 'peak_memory_mb', 'macs_per_image', 'causal_zero_macs', 'bench_inference', 'bench_train',
-           'bench_memory', 'cpu_name', 'run_benchmark', 'targets', 'markdown_report', 'profile_table', 'command_line',
-           'main']
+           'bench_memory', 'cpu_name', 'run_benchmark', 'targets', 'targets_table', 'markdown_report', 'profile_table',
+           'command_line', 'main']
 
 # %% ../../nbs/08_benchmark.ipynb #af5a8213
 SIZES = {'T': ('tiny', 'vit_tiny_patch16_224', 'Ti'), 'S': ('small', 'vit_small_patch16_224', 'S'),
@@ -352,6 +352,13 @@ def _macs_lines(rows) -> list[str]:
                      f"| {_paired(paired_ratio(alike['times'], i['times']))} |")
     return lines if len(lines) > 2 else []
 
+def targets_table(res) -> str:
+    "The targets of a result as a markdown table: measured ratio (paired range), goal, met; the README shows it too."
+    lines = ['| target | measured | goal | met |', '|---|---|---|---|']
+    lines += [f"| {t['name']} | {_paired(dict(median=t['ratio'], min=t['low'], max=t['high']))} | {t['goal']} | "
+              f"{'yes' if t['met'] else '**no**'} |" for t in targets(res)]
+    return '\n'.join(lines)
+
 # %% ../../nbs/08_benchmark.ipynb #9138b8cc
 def markdown_report(res, command: str = '', profile: str = '') -> str:
     "The benchmark as markdown: inference beside Table 6, the training step, memory, the targets and the settings."
@@ -379,9 +386,7 @@ def markdown_report(res, command: str = '', profile: str = '') -> str:
     if macs := _macs_lines(res['rows']): lines += ['', *macs]
     if 'train' in res: lines += ['', *_train_lines(res['train'])]
     if 'memory' in res: lines += ['', *_memory_lines(res['memory'])]
-    lines += ['', '| target | measured | goal | met |', '|---|---|---|---|']
-    lines += [f"| {t['name']} | {_paired(dict(median=t['ratio'], min=t['low'], max=t['high']))} | {t['goal']} | "
-              f"{'yes' if t['met'] else '**no**'} |" for t in targets(res)]
+    lines += ['', targets_table(res)]
     if profile: lines += ['', '## Profile (top operators, one inference batch)', '', '```', profile.rstrip(), '```']
     return '\n'.join(lines) + '\n'
 
