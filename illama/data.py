@@ -14,7 +14,7 @@ with warnings.catch_warnings():   # fastai warns about its own use of torch.jit.
     from fastai.data.core import DataLoaders
 
 # %% auto #0
-__all__ = ['IMG_EXTS', 'SPLITS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'find_data', 'scan_folder', 'fake_imagenet', 'load_image',
+__all__ = ['IMG_EXTS', 'SPLITS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'find_data', 'fake_imagenet', 'scan_folder', 'load_image',
            'cache_dir', 'atomic_save', 'write_text_atomic', 'git_revision', 'cache_file', 'decode_items',
            'rrc_flip_theta', 'BatchAugment', 'TensorDL', 'folder_tensors', 'cifar_tensors', 'make_dls', 'FolderImages',
            'StreamDL', 'folder_images']
@@ -40,6 +40,23 @@ def find_data(data=None, download: bool = False, name: str = 'imagenette2-160') 
                          f"or allow download (--download)")
     from fastai.data.external import untar_data, URLs
     return untar_data(URLs.IMAGENETTE_160)
+
+# %% ../nbs/10_data.ipynb #e5259d67
+def fake_imagenet(path, n_classes=3, n_train=4, n_val=2, size=40, seed=0):
+    "Write a tiny ImageNet-layout folder of random PNGs (each class a different mean colour) for tests."
+    from PIL import Image
+    import numpy as np
+    rng, path = np.random.default_rng(seed), Path(path)
+    for split, n in (('train', n_train), ('val', n_val)):
+        for c in range(n_classes):
+            d = path / split / f'n{c:08d}'
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                base = np.zeros((size, size + 8, 3))
+                base[..., c % 3] = 200
+                a = (base + rng.normal(0, 30, base.shape)).clip(0, 255).astype(np.uint8)
+                Image.fromarray(a).save(d / f'img{i}.png')
+    return path
 
 # %% ../nbs/10_data.ipynb #49cd7592
 def _images(d: Path): return sorted(f for f in d.iterdir() if f.suffix.lower() in IMG_EXTS and f.is_file())
@@ -72,23 +89,6 @@ def scan_folder(path, max_per_class: int | None = None, splits=SPLITS):
             if not fs: raise ValueError(f"{str(path / split / c)!r} has no images; expected files ending in {IMG_EXTS}")
             items[split] += [(f, i) for f in fs[:max_per_class]]
     return classes, items
-
-# %% ../nbs/10_data.ipynb #e5259d67
-def fake_imagenet(path, n_classes=3, n_train=4, n_val=2, size=40, seed=0):
-    "Write a tiny ImageNet-layout folder of random PNGs (each class a different mean colour) for tests."
-    from PIL import Image
-    import numpy as np
-    rng, path = np.random.default_rng(seed), Path(path)
-    for split, n in (('train', n_train), ('val', n_val)):
-        for c in range(n_classes):
-            d = path / split / f'n{c:08d}'
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                base = np.zeros((size, size + 8, 3))
-                base[..., c % 3] = 200
-                a = (base + rng.normal(0, 30, base.shape)).clip(0, 255).astype(np.uint8)
-                Image.fromarray(a).save(d / f'img{i}.png')
-    return path
 
 # %% ../nbs/10_data.ipynb #086d0ebc
 def _decode(fn, size: int):

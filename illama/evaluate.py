@@ -4,9 +4,9 @@
 
 # %% ../nbs/13_evaluate.ipynb #a960de49
 from __future__ import annotations
-import argparse, json, math, sys, time
+import argparse, json, sys, time
 from pathlib import Path
-import torch, torch.nn.functional as F
+import torch
 from .data import scan_folder, write_text_atomic, git_revision
 
 # %% auto #0
@@ -32,6 +32,7 @@ def imagenet_indices(classes) -> list[int] | None:
     index = {name: i for i, name in enumerate(ImageNetInfo().label_names())}
     return [index[c] for c in classes] if all(c in index for c in classes) else None
 
+# %% ../nbs/13_evaluate.ipynb #2ffaffdd
 def label_indices(classes, num_classes: int) -> list[int]:
     "The model output that each folder class is: its ImageNet-1K index (1000-class models), else the folder's order."
     if num_classes == 1000 and (idx := imagenet_indices(classes)) is not None: return idx
@@ -51,6 +52,7 @@ class _Images(torch.utils.data.Dataset):
         except OSError as e: raise ValueError(f"image {str(f)!r} cannot be decoded ({e})") from e
         return x, label
 
+# %% ../nbs/13_evaluate.ipynb #2f6ddf98
 def data_config(model) -> dict:
     "timm's evaluation data config of `model`, at the input size the model was built for."
     from timm.data import resolve_model_data_config
@@ -59,6 +61,7 @@ def data_config(model) -> dict:
     if size is not None: cfg['input_size'] = (cfg['input_size'][0], *size)
     return cfg
 
+# %% ../nbs/13_evaluate.ipynb #7c1849b0
 def eval_loader(folder, model, batch_size: int = 64, limit: int | None = None, workers: int = 2):
     "A loader over the `val/` split of `folder` with the model's evaluation transform, and the class names."
     from timm.data import create_transform
@@ -76,6 +79,7 @@ def _metrics(logits, labels) -> dict:
                 top5=float((top5 == labels[:, None]).any(-1).float().mean() * 100),
                 ece=expected_calibration_error(logits.float().softmax(-1), labels))
 
+# %% ../nbs/13_evaluate.ipynb #798d0846
 def predict(model, loader, device='cpu', progress: bool = True):
     "The logits and folder labels of every image of `loader`, and the seconds spent in the model."
     from fastprogress.fastprogress import progress_bar
@@ -136,6 +140,7 @@ def _parser():
     p.add_argument('--out', default=None, help='write the results to this JSON file')
     return p
 
+# %% ../nbs/13_evaluate.ipynb #411e252e
 def _check(a):
     for name, lo in (('limit', 1), ('batch_size', 1), ('workers', 0)):
         v = getattr(a, name)

@@ -4,7 +4,6 @@
 
 # %% ../nbs/07_kernels.ipynb #195bb59f
 from __future__ import annotations
-import math
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count, sdpa_backward_flop_count

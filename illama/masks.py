@@ -4,12 +4,11 @@
 
 # %% ../nbs/03_causal.ipynb #a69b6de3
 from __future__ import annotations
-import math
 from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from . import kernels
-from . import rmsnorm   # registers '+ LLaMA Norm', the step this chapter's steps build on
+from . import rmsnorm  # noqa: F401 -- imported to register '+ LLaMA Norm', the parent of this chapter's steps
 from .vit import ATTN_MODES, add_step, kernel_choice, runs_materialised, softmax_attention
 
 # %% auto #0
@@ -37,6 +36,7 @@ def attention_reference(q, k, v, s=None, kind='post_softmax'):
     if kind == 'additive': return (a + torch.log(s)).softmax(-1) @ v
     return (a.softmax(-1) * s) @ v
 
+# %% ../nbs/03_causal.ipynb #58fc6053
 def _replace_row(out, c, row):
     "`out` with row `c` (dim -2) replaced by `row`, out of place (autograd-safe)."
     return torch.cat([out[..., :c, :], row, out[..., c + 1:, :]], -2)
@@ -82,6 +82,7 @@ class AttentionMask:
             return out if c is None else _replace_row(out, c, F.scaled_dot_product_attention(q[..., c:c + 1, :], k, v))
         return F.scaled_dot_product_attention(q, k, v, attn_mask=self.dense(q.device, q.dtype).log())
 
+# %% ../nbs/03_causal.ipynb #8e3a447b
 @ATTN_MODES.register('causal')
 def causal_attention_mask(n, cls_idx=0, kind='post_softmax', alpha=0.0):
     "Causal self-attention (LLaMA): token i sees tokens j <= i, wherever the class token is."
@@ -95,6 +96,7 @@ def modified_causal_attention_mask(n, cls_idx=0, kind='post_softmax', alpha=0.0)
 # %% ../nbs/03_causal.ipynb #ec419bac
 def plot_mask_schemes(n_patches: int = 6, ax=None):
     "Draw Fig. 2 (a)(b)(c) of the paper: causal, causal + PS [cls], modified causal mask."
+    import matplotlib.pyplot as plt
     n = n_patches + 1
     first = ['[cls]'] + [f'p{i+1}' for i in range(n_patches)]
     last = [f'p{i+1}' for i in range(n_patches)] + ['[cls]']

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 from timm.models import register_model, build_model_with_cfg, resolve_pretrained_cfg
 from timm.models._registry import generate_default_cfgs
-from . import soft_mask   # the whole roadmap: each chapter imports the one it builds on
+from . import soft_mask  # noqa: F401 -- imported to register the whole roadmap, up to '+ soft mask'
 from .kernels import counted_macs
 from .paper import TABLE11
 from .vit import Illama, SIZES, create_roadmap_model, resample_pos_embed, roadmap_config

@@ -10,7 +10,7 @@ from .data import write_text_atomic
 
 # %% auto #0
 __all__ = ['STATUSES', 'ResultError', 'check_result', 'revision', 'write_result', 'read_result', 'write_analysis',
-           'read_analysis', 'Results', 'run_id_of', 'load_results', 'fmt', 'mean_sd', 'signed']
+           'read_analysis', 'Results', 'run_id_of', 'load_results', 'finished', 'fmt', 'mean_sd', 'signed']
 
 # %% ../nbs/12_results.ipynb #ce0b0157
 STATUSES = ('ok', 'failed')
@@ -73,16 +73,20 @@ def run_id_of(path) -> str:
     "The run id in a result file's name, `<run id>__seed<k>.json`."
     return Path(path).stem.rsplit('__seed', 1)[0]
 
-def load_results(root, regime: str) -> Results:
-    "Every result file of `regime` under `root/results/`, checked: valid records by run id, corrupt files apart."
+def load_results(folder) -> Results:
+    "Every result file in `folder` (one regime's), checked: valid records by run id, corrupt files apart."
     out = Results()
-    for p in sorted((Path(root) / 'results' / regime).glob('*.json')):
+    for p in sorted(Path(folder).glob('*.json')):
         try: r = read_result(p)
         except ResultError as e:
             out.corrupt.setdefault(run_id_of(p), []).append(str(e))
             continue
         out.setdefault(r.get('run_id') or run_id_of(p), []).append(r)
     return out
+
+def finished(runs) -> list[dict]:
+    "The records of finished runs (status 'ok') among `runs`."
+    return [r for r in runs if r.get('status', 'ok') == 'ok']
 
 # %% ../nbs/12_results.ipynb #60ccabd2
 def fmt(x, nd: int = 1) -> str:

@@ -9,7 +9,7 @@ __all__ = ['RMSNorm']
 import torch
 import torch.nn as nn
 from . import kernels
-from . import swiglu   # registers '+ LLaMA FFN', the step this chapter's step builds on
+from . import swiglu  # noqa: F401 -- imported to register '+ LLaMA FFN', the parent of this chapter's step
 from .vit import NORM_LAYERS, add_step, kernel_choice
 
 # %% ../nbs/02_rmsnorm.ipynb #0bc71c77

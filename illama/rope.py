@@ -8,7 +8,7 @@ import math
 import torch
 import torch.nn as nn
 from . import kernels
-from . import masks   # registers '+ PS [cls]', the step this chapter's steps build on
+from . import masks  # noqa: F401 -- imported to register '+ PS [cls]', the parent of this chapter's steps
 from .vit import ROPES, add_step, kernel_choice
 
 # %% auto #0
@@ -25,6 +25,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     x1, x2 = xf[..., 0::2], xf[..., 1::2]
     return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), -1).flatten(-2).type_as(x)
 
+# %% ../nbs/04_rope.ipynb #e8c585ce
 class Rope(nn.Module):
     "Base rotary embedding: a table of angles per token for q and k; `resize(grid)` rebuilds it."
     def __init__(self, head_dim: int, theta: float = 10000.0):

@@ -5,7 +5,7 @@
 # %% ../nbs/05_soft_mask.ipynb #c7cd0710
 from __future__ import annotations
 from dataclasses import dataclass
-from . import rope   # registers '+ LPE', the step this chapter's steps build on
+from . import rope  # noqa: F401 -- imported to register '+ LPE', the parent of this chapter's steps
 from .vit import add_step, check_choice, check_range
 
 # %% auto #0
@@ -61,6 +61,7 @@ SOFT_MASK_SETTINGS = {  # Table 13 (IN-1K; large: the IN-21K setting): schedule,
     'large': dict(schedule='constant', cutoff_epochs=30, warmup_epochs=5),
 }
 
+# %% ../nbs/05_soft_mask.ipynb #daf6ab87
 add_step('+ data aug.', '+ LPE', train=dict(mixup_cutmix='tuned'), tables=('table17',),
          aliases=('data aug', '+ data augmentation'))
 add_step('+ soft mask', '+ data aug.', train=dict(soft_mask='paper'), tables=('table17',),

@@ -18,8 +18,8 @@ from .paper import TABLE1, TABLE11, TABLE17
 # %% auto #0
 __all__ = ['FFN_LAYERS', 'NORM_LAYERS', 'ATTN_MODES', 'ROPES', 'RETIRED', 'KERNELS', 'SIZES', 'PAPER_KEYS', 'ROADMAP', 'Registry',
            'check_choice', 'check_range', 'check_positive', 'check_bool', 'IllamaConfig', 'PatchEmbed', 'Mlp',
-           'layer_norm', 'kernel_choice', 'use_kernels', 'runs_materialised', 'image_chunks', 'softmax_attention',
-           'Attention', 'Block', 'bidirectional_mask', 'no_rope', 'resample_pos_embed', 'Illama', 'size_config',
+           'layer_norm', 'bidirectional_mask', 'no_rope', 'kernel_choice', 'use_kernels', 'runs_materialised',
+           'image_chunks', 'softmax_attention', 'Attention', 'Block', 'resample_pos_embed', 'Illama', 'size_config',
            'RoadmapStep', 'add_step', 'get_step', 'roadmap_config', 'create_roadmap_model']
 
 # %% ../nbs/00_vit.ipynb #638453a2
@@ -199,6 +199,17 @@ def layer_norm(dim, eps=1e-6):
     "ViT's LayerNorm (with bias)."
     return nn.LayerNorm(dim, eps=eps)
 
+# %% ../nbs/00_vit.ipynb #fc896082
+@ATTN_MODES.register('bidirectional')
+def bidirectional_mask(n, cls_idx=0, kind='post_softmax', alpha=1.0):
+    "Bidirectional attention needs no mask: every token attends to all `n` tokens."
+    return None
+
+@ROPES.register('none')
+def no_rope(cfg, grid):
+    "No rotary embedding: the ViT's choice (chapter 4 adds LLaMA's)."
+    return None
+
 # %% ../nbs/00_vit.ipynb #9d3e5f60
 KERNELS = ('auto', 'flash', 'reference')
 _kernels = 'auto'
@@ -274,17 +285,6 @@ def _residual(x, h):
     "x + h: into `h` (the branch's fresh output) without autograd if `h` holds the sum's dtype, else a new tensor."
     if torch.is_grad_enabled() or h.dtype != torch.promote_types(h.dtype, x.dtype): return x + h
     return h.add_(x)
-
-# %% ../nbs/00_vit.ipynb #fc896082
-@ATTN_MODES.register('bidirectional')
-def bidirectional_mask(n, cls_idx=0, kind='post_softmax', alpha=1.0):
-    "Bidirectional attention needs no mask: every token attends to all `n` tokens."
-    return None
-
-@ROPES.register('none')
-def no_rope(cfg, grid):
-    "No rotary embedding: the ViT's choice (chapter 4 adds LLaMA's)."
-    return None
 
 # %% ../nbs/00_vit.ipynb #3a7d90e2
 def resample_pos_embed(pos_embed: torch.Tensor, new_grid, old_grid, cls_pos: str = 'last') -> torch.Tensor:

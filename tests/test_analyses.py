@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest, torch
 from illama.data import fake_imagenet
 from illama.results import read_result, write_result
-from illama.train import read_checkpoint
-from illama.workshop.tables import analysis_path, checkpoint_dir, result_path, render_claims
-from illama.workshop.analyses import (model_spec, run_analysis, run_analyses, trained_checkpoint, load_model,
-                                      checkpoint_done)
-from illama.workshop.repro import main
+from illama.checkpoints import read_checkpoint
+from illama.workshop.layout import analysis_path, checkpoint_dir, result_path
+from illama.workshop.claims import render_claims
+from illama.workshop.analyses import model_spec, trained_checkpoint, load_model, checkpoint_done
+from illama.workshop.repro import main, run_analysis, run_analyses
 
 @pytest.fixture(scope='module')
 def ds(tmp_path_factory):

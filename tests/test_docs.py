@@ -40,8 +40,8 @@ def _page(nb_name):
 
 def _numbered():
     "The numbered notebooks in nbs/, in number order: the order the sidebar must show them in."
-    nbs = [p.name for p in (ROOT / 'nbs').glob('*.ipynb') if re.match(r'^\d+_', p.name)]
-    return sorted(nbs, key=lambda n: (int(n.split('_')[0]), n))
+    nbs = [p.name for p in (ROOT / 'nbs').glob('*.ipynb') if re.match(r'^\d+[a-z]?_', p.name)]
+    return sorted(nbs, key=lambda n: (int(re.match(r'\d+', n).group()), n))
 
 def _cells(nb_name, kind):
     return [''.join(c['source']) for c in json.loads((ROOT / 'nbs' / nb_name).read_text())['cells'] if c['cell_type'] == kind]
@@ -167,7 +167,7 @@ def test_navigation_lists_every_chapter_in_order_by_layer(pages):
     assert [n for n in side if n in numbered] == numbered, side
     assert [_page(n) for n in ROADMAP] == [n for n in numbered if n in map(_page, ROADMAP)], "roadmap chapters missing"
     assert side[0] == 'index.html'
-    num = {_page(n): int(n.split('_')[0]) for n in _numbered()}
+    num = {_page(n): int(re.match(r'\d+', n).group()) for n in _numbered()}
     got = {s['title']: [num[h.split('/')[-1]] for h in s['pages']] for s in pages['index.html']['sections']}
     assert list(got) == [t for t, r in SECTIONS if any(n in r for n in num.values())], got
     for title, r in SECTIONS:
@@ -236,7 +236,8 @@ def test_experiments_page_picks_up_runs(tmp_path):
     import matplotlib.pyplot as plt
     from illama.results import write_result
     from illama.workshop.docs import process_notebook
-    from illama.workshop.tables import get_rows, result_path
+    from illama.workshop.rows import get_rows
+    from illama.workshop.layout import result_path
     (tmp_path / 'nbs').mkdir()
     shutil.copy(ROOT / 'nbs' / '20_experiments.ipynb', tmp_path / 'nbs')
     shutil.copy(ROOT / 'settings.ini', tmp_path)

@@ -5,9 +5,13 @@ from pathlib import Path
 import pytest, torch
 from illama.data import fake_imagenet
 from illama.results import read_result, write_result, load_results
-from illama.train import main as train_main, step_recipe, load_init, read_checkpoint, CKPT
+from illama.recipes import step_recipe
+from illama.checkpoints import load_init, read_checkpoint, CKPT
+from illama.train import main as train_main
 from illama.workshop.repro import main as repro_main
-from illama.workshop.tables import render_table, result_path, get_rows
+from illama.workshop.rows import get_rows
+from illama.workshop.tables import render_table
+from illama.workshop.layout import result_path, results_dir
 
 SMOKE = ['--regime', 'smoke', '--epochs', '1', '--batch-size', '8']
 

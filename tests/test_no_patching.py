@@ -35,7 +35,8 @@ def _import_all() -> list:
     return out
 
 def test_found_the_modules():
-    assert {'illama.vit', 'illama.kernels', 'illama.models', 'illama.train', 'illama.data'} <= set(MODULES), MODULES
+    assert {'illama.vit', 'illama.kernels', 'illama.models', 'illama.data', 'illama.recipes', 'illama.callbacks',
+            'illama.checkpoints', 'illama.train'} <= set(MODULES), MODULES
 
 @pytest.mark.parametrize('name', MODULES)
 def test_every_module_imports(name):

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest, torch, timm
 import illama
 from illama.data import fake_imagenet
-from illama.train import step_recipe, step_model_config
+from illama.recipes import step_recipe, step_model_config
 from reference_alg1 import AuthorsIllama
 
 BIN = Path(sys.executable).parent

@@ -4,8 +4,11 @@ from pathlib import Path
 import pytest
 from illama.data import fake_imagenet
 from illama.results import read_result, write_result
-from illama.workshop.tables import TABLES, get_rows, render_table, result_path, run_notebook_path, checkpoint_dir
-from illama.workshop.repro import main, run_lock, run_row
+from illama.workshop.rows import TABLES, get_rows
+from illama.workshop.tables import render_table
+from illama.workshop.layout import result_path, run_notebook_path, checkpoint_dir
+from illama.workshop.runner import run_lock, run_row
+from illama.workshop.repro import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,6 +37,14 @@ def test_a_failed_row_is_recorded_and_shown(tmp_path):
     r = run_row(spec, 'smoke', 0, tmp_path, data=tmp_path / 'no-such-data', epochs=1)
     assert r['status'] == 'failed' and r['error'].startswith('ValueError: data=') and 'no-such-data' in r['error']
     assert '**failed**: ValueError: data=' in render_table('table17', 'smoke', tmp_path)
+
+def test_a_failed_rerun_keeps_the_finished_result(tmp_path):
+    "`--force` that fails (here: no data) reports the failure and leaves the finished result as it was."
+    spec = get_rows('table17', ['ViT'])[0]
+    good = write_result(result_path(tmp_path, 'smoke', spec, 0), dict(run_id=spec.run_id, seed=0, status='ok', top1=62.5))
+    r = run_row(spec, 'smoke', 0, tmp_path, data=tmp_path / 'no-such-data', epochs=1, force=True)
+    assert r['status'] == 'failed' and 'no-such-data' in r['error']
+    assert read_result(good) == dict(run_id=spec.run_id, seed=0, status='ok', top1=62.5)
 
 def test_a_timeout_says_so(ds, tmp_path):
     spec = get_rows('table17', ['ViT'])[0]

@@ -24,3 +24,95 @@ def test_module_style(path):
     assert not long, f'{path.name}: lines over 120 characters: {long}'
     assert not semis, f'{path.name}: statements joined with ";" on lines {semis}'
     assert not big, f'{path.name}: functions over 40 lines: {big}'
+
+# ---------------------------------------------------------------------------------------------------------------------
+# ruff's F rules (pyflakes) over the package, with the config in pyproject.toml: no undefined name, no unused import
+
+import json, os, re, shutil, subprocess, sys
+
+ROOT = PKG.parent
+
+def _ruff() -> list[str]:
+    "ruff beside this interpreter (the virtualenv's), else `python -m ruff`."
+    exe = Path(sys.executable).parent / 'ruff'
+    if exe.is_file() and os.access(exe, os.X_OK): return [str(exe)]
+    return [sys.executable, '-m', 'ruff']
+
+def test_ruff():
+    "`ruff check illama` passes: no undefined name (a missing import), no unused import, nothing else of pyflakes."
+    r = subprocess.run(_ruff() + ['check', '--no-cache', '--output-format', 'concise', 'illama'], cwd=ROOT, capture_output=True, text=True)
+    if r.returncode != 0 and 'No module named ruff' in r.stderr and not shutil.which('ruff'):
+        pytest.fail('ruff is not installed: it is in settings.ini `dev_requirements` (pip install ruff)')
+    assert r.returncode == 0, f'ruff check illama (exit {r.returncode}); fix these in the notebooks:\n{r.stdout}{r.stderr}'
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The chapters' rhythm: an exported cell is followed by a cell that shows or tests what it defines
+
+NBS = sorted((ROOT / 'nbs').glob('*.ipynb'))
+_EXPORT = re.compile(r'^#\s*\|\s*export(i|s)?\b')
+_HIDE = re.compile(r'^#\s*\|\s*hide\b')
+_MAGIC = re.compile(r'^[%!].*$', re.M)
+
+def _tree(src: str):
+    try: return ast.parse(_MAGIC.sub('', src))
+    except SyntaxError: return None
+
+def defined_names(src: str) -> set[str]:
+    "The names a cell defines at its top level: functions, classes, assignments."
+    t, out = _tree(src), set()
+    for n in (t.body if t else []):
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)): out.add(n.name)
+        elif isinstance(n, ast.Assign): out |= {x.id for tg in n.targets for x in ast.walk(tg) if isinstance(x, ast.Name)}
+        elif isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name): out.add(n.target.id)
+    return out
+
+def used_names(src: str) -> set[str]:
+    "The names and attributes a cell mentions."
+    t = _tree(src)
+    if t is None: return set()
+    return {x.id for x in ast.walk(t) if isinstance(x, ast.Name)} | \
+           {x.attr for x in ast.walk(t) if isinstance(x, ast.Attribute)}
+
+def directives(src: str) -> list[str]:
+    "A cell's nbdev directives: its leading `#|` lines (a `#| hide` inside a string further down is not one)."
+    out = []
+    for line in src.splitlines():
+        if not line.strip(): continue
+        if not line.lstrip().startswith('#'): break
+        if line.lstrip().startswith('#|'): out.append(line.strip())
+    return out
+
+def _is(pattern, src: str) -> bool: return any(pattern.match(d) for d in directives(src))
+
+def unfollowed(sources: list[str]) -> tuple[int, list[str]]:
+    "How many export cells define names, and the first lines of those not followed by a (shown) cell that uses one."
+    n, bad = 0, []
+    for i, src in enumerate(sources):
+        if not _is(_EXPORT, src) or not (d := defined_names(src)): continue
+        n += 1
+        nxt = sources[i + 1] if i + 1 < len(sources) else None
+        if nxt is None or _is(_EXPORT, nxt) or _is(_HIDE, nxt) or not d & used_names(nxt):
+            first = next((l for l in src.splitlines() if l.strip() and not l.startswith('#|')), src[:80])
+            bad.append(f'cell {i}: {first[:100]}')
+    return n, bad
+
+def test_unfollowed_rule():
+    "The rule itself: shown, hidden, export-after-export, and a cell that uses none of the names."
+    cells = ['#| export\ndef f(): pass', 'f()',                  # followed
+             '#| exporti\nx = 1', '#| hide\nx',                  # hidden: not shown
+             '#| export foo\nclass C: pass', '#| export\ny = 2',  # export after export; then the last cell
+             '#| export\nimport os', 'os',                      # defines nothing: not counted
+             '#| export\nz = 3', "assert '#| hide' not in str(z)"]  # a directive in a string is not one
+    n, bad = unfollowed(cells)
+    assert n == 5 and [b.split(':')[0] for b in bad] == ['cell 2', 'cell 4', 'cell 5'], (n, bad)
+
+@pytest.mark.parametrize('nb', NBS, ids=lambda p: p.name)
+def test_rhythm(nb):
+    "At least 80 % of a notebook's exported cells that define names are followed by a cell that shows or tests them."
+    cells = json.loads(nb.read_text())['cells']
+    sources = [''.join(c['source']) for c in cells if c['cell_type'] == 'code']
+    n, bad = unfollowed(sources)
+    if not n: return
+    ratio = (n - len(bad)) / n
+    assert ratio >= 0.8, (f'{nb.name}: only {n - len(bad)}/{n} ({ratio:.0%}) exported cells are followed by a cell that '
+                          f'uses what they define; not followed (code cell index: first line):\n' + '\n'.join(bad))

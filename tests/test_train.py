@@ -4,8 +4,10 @@ from pathlib import Path
 import pytest, torch
 from fastai.callback.schedule import ParamScheduler
 from illama.data import fake_imagenet, scan_folder, find_data
-from illama.train import (step_recipe, load_tensors, make_learner, lr_scheds, train, main, _AlphaProbe, CKPT,
-                          read_checkpoint)
+from illama.recipes import step_recipe, lr_scheds
+from illama.callbacks import _AlphaProbe
+from illama.checkpoints import CKPT, read_checkpoint
+from illama.train import TrainConfig, load_tensors, make_learner, train, main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,13 +47,13 @@ def test_bf16_recipe_trains_under_autocast_on_cpu(ds, tmp_path):
 def test_bf16_products_run_in_float32_where_the_cpu_lacks_bf16_kernels(ds, tmp_path, monkeypatch):
     "Without fast bf16 kernels (an AVX2 CPU), a bf16 fit runs its products as float32 kernels rounded to bf16"
     " (chapter 7): the same run as torch's own bf16 kernels, to bf16's rounding; the record says which ran."
-    import illama.train as T, illama.kernels as K
+    import illama.kernels as K
     runs = {}
     for native in (True, False):
         monkeypatch.setattr(K, 'native_bf16', lambda: native)
-        learn = train('+ soft mask', data=ds, out=tmp_path / f'native{native}', cache=tmp_path / 'c', quiet=True,
-                      recipe=_recipe(epochs=2, precision='bf16'))
-        runs[native] = learn.result, learn.cbs.filter(lambda c: isinstance(c, T.DeviceMixedPrecision))[0].fp32_products
+        learn = train(TrainConfig('+ soft mask', data=ds, out=tmp_path / f'native{native}', cache=tmp_path / 'c',
+                                  quiet=True, recipe=_recipe(epochs=2, precision='bf16')))
+        runs[native] = learn.result, learn.device_mixed_precision.fp32_products
         assert torch._C._len_torch_dispatch_stack() == 0              # left when its batch ended
     (theirs, none), (ours, mode) = runs[True], runs[False]
     assert none is None and mode.products > 0
@@ -61,20 +63,22 @@ def test_bf16_products_run_in_float32_where_the_cpu_lacks_bf16_kernels(ds, tmp_p
 def test_streaming_pipeline_trains(ds, tmp_path):
     "pipeline='stream' (the paper regime's: decode on the fly, crop the full image) trains and writes its results."
     rec = _recipe(epochs=2, pipeline='stream')
-    learn = train('ViT', data=ds, out=tmp_path / 'run', cache=tmp_path / 'c', quiet=True, recipe=rec)
+    learn = train(TrainConfig('ViT', data=ds, out=tmp_path / 'run', cache=tmp_path / 'c', quiet=True, recipe=rec))
     r = json.loads((tmp_path / 'run' / 'results.json').read_text())
     assert r['config']['recipe']['pipeline'] == 'stream' and r['epochs'] == 2 and r['train_loss'] > 0
     from illama.data import FolderImages
     assert isinstance(learn.dls.train.dataset, FolderImages) and not (tmp_path / 'c').exists()
+    from illama.callbacks import RecipeCallback   # fastai's attribute for it; the recipe itself is `train_recipe`
+    assert learn.train_recipe is rec and isinstance(learn.recipe, RecipeCallback)
     assert step_recipe('ViT', 'tiny', 'paper').pipeline == 'stream' and step_recipe('ViT', 'tiny', 'cpu').pipeline == 'cache'
 
 def test_resume_continues_identically(ds, tmp_path):
     kw = dict(data=ds, cache=tmp_path / 'c', quiet=True, recipe=_recipe(epochs=3, soft_mask='linear', cutoff_epochs=2.5))
-    full = train('+ soft mask', out=tmp_path / 'full', **kw)
-    train('+ soft mask', out=tmp_path / 'cut', stop_after=2, **kw)
+    full = train(TrainConfig('+ soft mask', out=tmp_path / 'full', **kw))
+    train(TrainConfig('+ soft mask', out=tmp_path / 'cut', stop_after=2, **kw))
     assert not (tmp_path / 'cut' / 'results.json').exists()
     _, meta, _ = read_checkpoint(tmp_path / 'cut' / CKPT); assert meta['epoch'] == 2
-    res = train('+ soft mask', out=tmp_path / 'cut', **kw)
+    res = train(TrainConfig('+ soft mask', out=tmp_path / 'cut', **kw))
     assert res.result['resumed_from_epoch'] == 2
     before = meta['history'][-1]['wall_s']   # the two epochs trained before the stop count in the run's wall time
     assert res.result['wall_time_s'] > before > 0 and res.result['history'][-1]['wall_s'] > before
@@ -88,10 +92,11 @@ DDP_SCRIPT = textwrap.dedent('''
     import torch.distributed as dist
     from pathlib import Path
     from fastai.torch_core import rank_distrib
-    from illama.train import train, step_recipe
+    from illama.recipes import step_recipe
+    from illama.train import TrainConfig, train
     ds, out, bs = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
     rec = step_recipe('+ soft mask', 'tiny', 'smoke', epochs=1, batch_size=bs, mixup=0, cutmix=0, warmup_epochs=0, precision='fp32')
-    learn = train('+ soft mask', data=ds, out=out, cache=out / 'cache', quiet=True, recipe=rec, augment=False)
+    learn = train(TrainConfig('+ soft mask', data=ds, out=out, cache=out / 'cache', quiet=True, recipe=rec, augment=False))
     if rank_distrib() == 0:
         torch.save(learn.model.state_dict(), out / 'weights.pt')
         (out / 'metrics.json').write_text(json.dumps({k: learn.result[k] for k in ('top1', 'top5', 'val_loss', 'nproc')}))

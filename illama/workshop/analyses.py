@@ -4,26 +4,25 @@
 
 # %% ../../nbs/16_analyses.ipynb #1481c0ef
 from __future__ import annotations
-import functools, importlib, json, math, statistics, sys, time
+import functools, json, statistics
 from dataclasses import dataclass
 from pathlib import Path
 import torch
 from ..vit import Illama, IllamaConfig, check_choice
-from ..train import CKPT, read_checkpoint, load_tensors
-from ..data import BatchAugment, IMAGENET_MEAN, IMAGENET_STD, git_revision, write_text_atomic
-from ..results import ResultError, load_results, read_result, read_analysis, write_analysis
-from ..results import fmt, mean_sd, signed
+from ..checkpoints import CKPT, read_checkpoint
+from ..train import load_tensors
+from ..data import BatchAugment, IMAGENET_MEAN, IMAGENET_STD, write_text_atomic
+from ..results import load_results, mean_sd, signed
 from .. import paper
-from .tables import RowSpec, get_rows, row_recipe, result_path, checkpoint_dir, analysis_path
-from .tables import REGIME_NOTES
-from .repro import run_row, run_lock, train_row, nbs_dir, failure_reason, _strip_images
+from .rows import REGIME_NOTES, RowSpec, get_rows, row_recipe
+from .layout import analysis_work_dir, checkpoint_dir, result_path, results_dir, tables_dir
+from .runner import done_record, run_lock, run_row, train_row
 
 # %% auto #0
 __all__ = ['MODELS', 'ANALYSIS_SEEDS', 'ANALYSES', 'AUTHORS_RUNS', 'model_spec', 'checkpoint_done', 'trained_checkpoint',
            'load_model', 'trained_model', 'val_set', 'val_subset', 'denormalise', 'predict', 'top1', 'Analysis',
-           'get_analysis', 'render_analysis', 'run_analysis', 'per_model', 'run_analyses', 'redraw_analyses',
-           'authors_logs_dir', 'read_authors_log', 'soft_mask_dip', 'compute_table4', 'render_table4_md', 'plot_table4',
-           'render_table4']
+           'get_analysis', 'analysis_outputs', 'per_model', 'authors_logs_dir', 'read_authors_log', 'soft_mask_dip',
+           'compute_table4', 'render_table4_md', 'plot_table4', 'render_table4']
 
 # %% ../../nbs/16_analyses.ipynb #f44a35b1
 MODELS = {'ViT': ('table17', 'ViT'), 'iLLaMA': ('table17', '+ soft mask'),
@@ -43,11 +42,8 @@ def checkpoint_done(ck) -> bool:
     except ValueError: return False
     return meta.get('epoch') == meta.get('recipe', {}).get('epochs')
 
-def _record(res: Path) -> dict | None:
-    try: r = read_result(res)
-    except (ResultError, FileNotFoundError): return None
-    return r if r.get('status') == 'ok' else None
 
+# %% ../../nbs/16_analyses.ipynb #cde5b69f
 def _retrain_weights(spec: RowSpec, regime, seed, root, data, log):
     "The run's record exists but its weights do not: train it again into its checkpoint folder, record untouched."
     folder = checkpoint_dir(root, regime, spec, seed)
@@ -55,17 +51,16 @@ def _retrain_weights(spec: RowSpec, regime, seed, root, data, log):
         if checkpoint_done(folder / CKPT): return
         log(f'retrain {spec.row} (seed {seed}): its record is in results/, its weights are not here')
         r = train_row(spec.table, spec.row, regime, seed, data, out=folder, result=folder / 'results.json', root=root)
-    old = _record(result_path(root, regime, spec, seed))
+    old = done_record(result_path(root, regime, spec, seed))
     if old and abs(old['top1'] - r['top1']) > 1e-6:
         log(f"note: {spec.row} seed {seed} retrained to top-1 {r['top1']:.3f}, its record says {old['top1']:.3f}")
 
-# %% ../../nbs/16_analyses.ipynb #cde5b69f
 def trained_checkpoint(label: str, regime: str, seed: int, root='experiments', data=None, log=print) -> Path:
     "The final checkpoint of the `label` model's run for `seed`, trained through its run id when missing."
     spec = model_spec(label)
     ck = checkpoint_dir(root, regime, spec, seed) / CKPT
     if checkpoint_done(ck): return ck
-    if _record(result_path(root, regime, spec, seed)) is None:
+    if done_record(result_path(root, regime, spec, seed)) is None:
         r = run_row(spec, regime, seed, root, data, log=log)
         if r.get('status') != 'ok': raise RuntimeError(f"training {label} (seed {seed}) failed: {r.get('error')}")
     else: _retrain_weights(spec, regime, seed, root, data, log)
@@ -127,11 +122,6 @@ class Analysis:
     paper: str          # what of the paper it checks
     options: tuple = () # the extra parameters its chapter takes (e.g. 'llama', a checkpoint path)
 
-    def functions(self):
-        "compute_<name> and render_<name> of its module."
-        m = importlib.import_module(self.module)
-        return getattr(m, f'compute_{self.name}'), getattr(m, f'render_{self.name}')
-
 _BOTH = ('ViT', 'iLLaMA')
 ANALYSES = {a.name: a for a in [
     Analysis('table4', '16_analyses', 'illama.workshop.analyses', (), 'table4', 'Table 4, Fig. 3(b), Fig. 6'),
@@ -149,29 +139,12 @@ def get_analysis(name: str) -> Analysis:
     "The analysis called `name`; unknown names are a `ValueError` that lists them."
     return ANALYSES[check_choice('analysis', name, tuple(ANALYSES))]
 
-# %% ../../nbs/16_analyses.ipynb #360e82f4
-def render_analysis(name: str, res: dict, root='experiments', regime='cpu') -> list[Path]:
-    "Draw analysis `name`'s table and figures from its result into `root/tables/<regime>/`."
-    folder = Path(root) / 'tables' / regime
-    folder.mkdir(parents=True, exist_ok=True)
-    return get_analysis(name).functions()[1](res, folder)
-
-def run_analysis(name: str, regime: str, seeds=ANALYSIS_SEEDS, data=None, root='experiments', force=False,
-                 log=print, **kw) -> dict:
-    "Compute analysis `name` for `regime` (or read its result), write the result file, the table and the figures."
-    path = analysis_path(root, regime, name)
-    old = read_analysis(path)
-    if old and old.get('status') == 'ok' and not force:
-        log(f'skip analysis {name}: done ({path})')
-        res = old
-    else:
-        t0 = time.time()
-        res = get_analysis(name).functions()[0](regime, seeds=tuple(seeds), data=data, root=root, log=log, force=force,
-                                                **kw)
-        res = {'analysis': name, 'regime': regime, 'status': 'ok', 'seeds': list(seeds), **res,
-               'git_rev': git_revision(), 'wall_time_s': round(time.time() - t0, 1)}
-        write_analysis(path, res)
-    return dict(res, files=[str(p) for p in render_analysis(name, res, root, regime)])
+# %% ../../nbs/16_analyses.ipynb #233368c3
+def analysis_outputs(regime: str, root='experiments') -> dict[str, tuple]:
+    "Each analysis: `{name: (its table `<prefix>.md` or None, its figures `<prefix>*.png`)}` in the regime's tables."
+    folder = tables_dir(root, regime)
+    mds = {p.stem: p for p in folder.glob('*.md')}
+    return {a.name: (mds.get(a.prefix), sorted(folder.glob(f'{a.prefix}*.png'))) for a in ANALYSES.values()}
 
 # %% ../../nbs/16_analyses.ipynb #ad0752c9
 def per_model(name: str, regime: str, root, models, seeds, fn, settings: str = '', force=False, log=print) -> dict:
@@ -179,8 +152,8 @@ def per_model(name: str, regime: str, root, models, seeds, fn, settings: str = '
     out = {}
     for m in models:
         for s in seeds:
-            p = (Path(root) / 'checkpoints' / regime / 'analyses' / name /
-                 f"{model_spec(m).run_id}__seed{s}{'__' + settings if settings else ''}.json")
+            part = f"{model_spec(m).run_id}__seed{s}{'__' + settings if settings else ''}.json"
+            p = analysis_work_dir(root, regime) / name / part
             if p.exists() and not force:
                 log(f'{name}: {m} seed {s} from {p.name}')
                 r = json.loads(p.read_text())
@@ -188,55 +161,6 @@ def per_model(name: str, regime: str, root, models, seeds, fn, settings: str = '
                 r = fn(m, s)
                 write_text_atomic(p, json.dumps(r))
             out.setdefault(m, {})[str(s)] = r
-    return out
-
-# %% ../../nbs/16_analyses.ipynb #668ea18d
-def _record_analysis_failure(name, regime, root, e, timeout) -> str:
-    why = failure_reason(e, timeout)
-    path = analysis_path(root, regime, name)
-    old = read_analysis(path)
-    if not (old and old.get('status') == 'ok'):
-        write_analysis(path, dict(analysis=name, regime=regime, status='failed', error=why, git_rev=git_revision()))
-    return why
-
-def _execute_analysis(a: Analysis, regime, params: dict, root: Path, timeout):
-    import papermill as pm
-    out = root / 'runs' / regime / 'analyses' / f'{a.name}.ipynb'
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try: pm.execute_notebook(str(nbs_dir() / f'{a.chapter}.ipynb'), str(out), parameters=params, cwd=str(nbs_dir()),
-                             progress_bar=False, execution_timeout=timeout, log_output=False)
-    finally:
-        if out.exists(): _strip_images(out, keep_last=4)
-    return out
-
-# %% ../../nbs/16_analyses.ipynb #61b83637
-def run_analyses(names=None, regime='cpu', seeds=ANALYSIS_SEEDS, root='experiments', data=None, force=False,
-                 timeout=None, log=print, **kw) -> int:
-    "Run analyses (all by default) through their chapters, or redraw them from their results; the number that failed."
-    root, failed = Path(root).resolve(), 0
-    for name in names or ANALYSES:
-        a, done = get_analysis(name), read_analysis(analysis_path(root, regime, name))
-        if done and done.get('status') == 'ok' and not force:
-            files = render_analysis(name, done, root, regime)
-            log(f"skip analysis {name}: done; redrawn from its result: {', '.join(p.name for p in files)}")
-            continue
-        params = dict(regime=regime, analysis=name, seeds=list(seeds), root=str(root), force=force,
-                      data=str(Path(data).resolve()) if data else None, **{k: kw.get(k) for k in a.options})
-        log(f'run  analysis {name} ({a.chapter}) for {regime}')
-        try: log(f'     executed chapter: {_execute_analysis(a, regime, params, root, timeout)}')
-        except BaseException as e:     # recorded, never silently missing
-            why = _record_analysis_failure(name, regime, root, e, timeout)
-            if isinstance(e, KeyboardInterrupt): raise
-            log(f'FAILED analysis {name}: {why}')
-            failed += 1
-    return failed
-
-def redraw_analyses(regime: str, root='experiments') -> list[Path]:
-    "Redraw the table and figures of every analysis with a result in `regime` (done, or not run and why); no compute."
-    out = []
-    for name in ANALYSES:
-        res = read_analysis(analysis_path(root, regime, name))
-        if res and res.get('status') in ('ok', 'not run'): out += render_analysis(name, res, root, regime)
     return out
 
 # %% ../../nbs/16_analyses.ipynb #b906fc8b
@@ -280,7 +204,7 @@ def _mean_curve(runs: list[dict]) -> dict:
 
 def compute_table4(regime: str, seeds=None, data=None, root='experiments', log=print, **kw) -> dict:
     "Table 4 from the run records (every finished seed) and the authors' logs; trains nothing."
-    res = load_results(root, regime)
+    res = load_results(results_dir(root, regime))
     runs = {m: _ok_runs(res, m) for m in _T4_MODELS}
     metrics = {k: {m: {str(r['seed']): r.get(src) for r in runs[m]} for m in _T4_MODELS} for k, src in _LOSSES.items()}
     pool = {k: dict(name=f'every run of `{regime}` with two or more seeds',

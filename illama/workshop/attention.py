@@ -12,7 +12,7 @@ from ..results import mean_sd, signed
 from ..data import write_text_atomic, find_data
 from .. import paper
 from ..vit import use_kernels
-from .tables import REGIME_NOTES
+from .rows import REGIME_NOTES
 from .analyses import trained_model, val_subset, val_set, denormalise
 
 # %% auto #0

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/08_benchmark.ipynb #62ba59ce
 from __future__ import annotations
-import argparse, ctypes, gc, json, math, os, resource, statistics, sys, time
+import argparse, ctypes, gc, json, os, resource, statistics, sys, time
 import multiprocessing as mp
 from contextlib import nullcontext
 from pathlib import Path
@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import timm
-import illama.models                                    # registers illama_* with timm
+from ..models import count_params          # importing it registers illama_* with timm, which `build` names
 from ..kernels import bf16_products, causal_needed_macs, counted_macs, cpu_flags, image_bytes, table2_flops
 from ..vit import image_chunks, use_kernels
 from ..paper import TABLE6
@@ -20,21 +20,19 @@ from ..data import write_text_atomic
 from ..results import fmt
 
 # %% auto #0
-__all__ = ['SIZES', 'KERNELS_OF', 'NAMES', 'MODES', 'CPU_SHAPE', 'TARGETS', 'ALLOCATOR_ENV', 'split_variant', 'ImageChunks',
+__all__ = ['BENCH_SIZES', 'NAMES', 'MODES', 'CPU_SHAPE', 'KERNELS_OF', 'TARGETS', 'ALLOCATOR_ENV', 'split_variant', 'ImageChunks',
            'build', 'kernels_of', 'minor_faults', 'interleaved', 'spread', 'paired_ratio', 'inference_fn',
            'train_step_fn', 'peak_memory_mb', 'macs_per_image', 'causal_zero_macs', 'bench_inference', 'bench_train',
-           'bench_memory', 'cpu_name', 'run_benchmark', 'targets', 'targets_table', 'markdown_report', 'profile_table',
+           'bench_memory', 'cpu_name', 'targets', 'run_benchmark', 'targets_table', 'markdown_report', 'profile_table',
            'command_line', 'main']
 
-# %% ../../nbs/08_benchmark.ipynb #af5a8213
-SIZES = {'T': ('tiny', 'vit_tiny_patch16_224', 'Ti'), 'S': ('small', 'vit_small_patch16_224', 'S'),
-         'B': ('base', 'vit_base_patch16_224', 'B')}
-KERNELS_OF = {'illama': 'auto', 'illama_flash': 'flash', 'illama_ref': 'reference', 'illama_soft': 'auto'}
+# %% ../../nbs/08_benchmark.ipynb #88c3d1ec
+BENCH_SIZES = {'T': ('tiny', 'vit_tiny_patch16_224', 'Ti'), 'S': ('small', 'vit_small_patch16_224', 'S'),
+               'B': ('base', 'vit_base_patch16_224', 'B')}   # letter -> (Table 11 size, timm's ViT, DeiT's name)
 NAMES = {'deit': 'DeiT-{}', 'deit_chunked': 'DeiT-{} (in image chunks)', 'illama': 'iLLaMA-{}',
          'illama_flash': 'iLLaMA-{} (fused kernels)', 'illama_ref': 'iLLaMA-{} (reference attention)',
          'illama_soft': 'iLLaMA-{} (soft mask, α=0.5)'}
 MODES = {'': '', '_bf16': ' bf16', '_compiled': ' (torch.compile)'}   # variant suffix -> label: the same model run so
-CPU_SHAPE = dict(img_size=48, patch_size=6, depth=6, num_classes=10)   # the cpu regime's model (chapter 11)
 
 def split_variant(variant: str) -> tuple[str, str]:
     "(model, mode) of a variant's name: 'deit_compiled' -> ('deit', '_compiled'), 'illama' -> ('illama', '')."
@@ -42,6 +40,7 @@ def split_variant(variant: str) -> tuple[str, str]:
         if mode and variant.endswith(mode): return variant.removesuffix(mode), mode
     return variant, ''
 
+# %% ../../nbs/08_benchmark.ipynb #87d01530
 class ImageChunks(nn.Module):
     "timm's ViT run a chunk of images at a time by chapter 7's rule, as iLLaMA's `forward` runs: DeiT chunked alike."
     def __init__(self, vit):
@@ -50,9 +49,12 @@ class ImageChunks(nn.Module):
         self.image_bytes = image_bytes(vit.blocks[0], vit.patch_embed.num_patches + vit.num_prefix_tokens)
     def forward(self, x): return torch.cat([self.vit(c) for c in image_chunks(x, self.image_bytes)])
 
+# %% ../../nbs/08_benchmark.ipynb #0821d4b5
+CPU_SHAPE = dict(img_size=48, patch_size=6, depth=6, num_classes=10)   # the cpu regime's model (chapter 11)
+
 def build(variant: str, size: str, device='cpu', **shape):
     "The untrained model of `variant` at Table 11 size `size` ('T', 'S', 'B'); `shape` overrides (img_size, depth...)."
-    (model, mode), (name, vit, _) = split_variant(variant), SIZES[size]
+    (model, mode), (name, vit, _) = split_variant(variant), BENCH_SIZES[size]
     if model == 'deit': m = timm.create_model(vit, pretrained=False, **shape)
     elif model == 'deit_chunked': m = ImageChunks(timm.create_model(vit, pretrained=False, **shape))
     else:
@@ -60,6 +62,9 @@ def build(variant: str, size: str, device='cpu', **shape):
         if model == 'illama_soft': m.set_soft_mask_alpha(0.5)
     m = m.to(device)
     return torch.compile(m) if mode == '_compiled' else m
+
+# %% ../../nbs/08_benchmark.ipynb #dece95f8
+KERNELS_OF = {'illama': 'auto', 'illama_flash': 'flash', 'illama_ref': 'reference', 'illama_soft': 'auto'}
 
 def kernels_of(variant: str):
     "The kernels a variant runs (a context manager): DeiT's own, or chapter 0's switch."
@@ -74,6 +79,7 @@ def minor_faults() -> int:
     "Minor page faults of this process so far: pages mapped in fresh and touched for the first time."
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
+# %% ../../nbs/08_benchmark.ipynb #7c8f22f4
 def interleaved(fns: dict, repeats: int = 5, warmup: int = 1, device='cpu', log=print,
                 faults: dict | None = None) -> dict:
     "Seconds per call for each of `fns` (name -> callable), interleaved repeat by repeat; page faults into `faults`."
@@ -92,6 +98,7 @@ def interleaved(fns: dict, repeats: int = 5, warmup: int = 1, device='cpu', log=
         if log: log(f'  repeat {r + 1}/{repeats}: ' + ', '.join(f'{n} {t[-1]:.3f}s' for n, t in times.items()))
     return times
 
+# %% ../../nbs/08_benchmark.ipynb #3bfe0002
 def spread(ts) -> dict:
     "Median, minimum and maximum of a list of timings."
     return dict(median=statistics.median(ts), min=min(ts), max=max(ts))
@@ -112,6 +119,7 @@ def inference_fn(model, x, variant, dtype=None):
         with torch.inference_mode(), kernels_of(variant), amp, prod: model(x)
     return f
 
+# %% ../../nbs/08_benchmark.ipynb #6888f314
 def train_step_fn(model, x, y, variant, dtype=None, lr=1e-4):
     "One training step (forward, cross-entropy, backward, AdamW), under autocast to `dtype` if given."
     model.train()
@@ -132,6 +140,7 @@ def _status_kb(field):
         if line.startswith(field + ':'): return int(line.split()[1])
     raise RuntimeError(f'{field} not in /proc/self/status')
 
+# %% ../../nbs/08_benchmark.ipynb #5b4ae85d
 def _call(kind, variant, size, shape, batch, device='cpu'):
     "A fresh model of `variant` and one call of `kind` ('infer' | 'train') on a batch of `batch` random images."
     torch.manual_seed(0)
@@ -141,6 +150,7 @@ def _call(kind, variant, size, shape, batch, device='cpu'):
     if kind == 'infer': return inference_fn(model, x, variant)
     return train_step_fn(model, x, torch.randint(0, model.num_classes, (batch,), device=device), variant)
 
+# %% ../../nbs/08_benchmark.ipynb #93ef72d2
 def _peak_child(kind, variant, size, shape, batch, q):
     try:
         f = _call(kind, variant, size, shape, batch)
@@ -198,7 +208,7 @@ def bench_inference(size, batch, img_size, repeats, warmup, device, compile=Fals
     fns = {v: inference_fn(m, x, v) for v, m in models.items()}
     if bf16: fns.update({f'{v}_bf16': inference_fn(models[v], x, v, torch.bfloat16) for v in ('deit', 'illama')})
     t = interleaved(fns, repeats, warmup + compile, device, log, faults=(pf := {}))
-    row = {v: dict(params_m=sum(p.numel() for p in models[split_variant(v)[0]].parameters()) / 1e6,
+    row = {v: dict(params_m=count_params(models[split_variant(v)[0]]) / 1e6,
                    infer_img_s=batch / statistics.median(t[v]), infer_s=spread(t[v]), times=t[v],
                    page_faults=statistics.median(pf[v])) for v in fns}
     for v in ('deit', 'illama'):                                       # the arithmetic of the like-for-like pair
@@ -206,6 +216,7 @@ def bench_inference(size, batch, img_size, repeats, warmup, device, compile=Fals
     row['illama']['causal_zero_macs'] = causal_zero_macs(models['illama'].cfg)
     return dict(size=size, **row)
 
+# %% ../../nbs/08_benchmark.ipynb #6edc5d1f
 def bench_train(repeats, warmup, device, batch=128, log=print):
     "Seconds per training step at the cpu regime's shape under bf16 autocast: ViT, iLLaMA causal, iLLaMA soft mask."
     dtype = torch.bfloat16 if torch.device(device).type == 'cpu' else torch.float16
@@ -219,17 +230,18 @@ def bench_train(repeats, warmup, device, batch=128, log=print):
     return {v: dict(train_step_s=statistics.median(t[v]), train_s=spread(t[v]), times=t[v]) for v in fns}
 
 # %% ../../nbs/08_benchmark.ipynb #0695312e
-def bench_memory(device, batch=64, long_batch=32, log=print) -> dict:
+def bench_memory(device, batch=64, long_batch=32, log=print, measure=None) -> dict:
     "Peak memory: an inference batch at 224² (DeiT-Ti, iLLaMA-T); a training step at 384² (577 tokens), auto vs ref."
-    out = {}
+    measure, out = measure or peak_memory_mb, {}
     for v in ('deit', 'illama'):
         log(f'[T] peak inference memory of {v}, 224², batch {batch}')
-        out[f'infer_{v}'] = peak_memory_mb('infer', v, 'T', dict(img_size=224), batch, device)
+        out[f'infer_{v}'] = measure('infer', v, 'T', dict(img_size=224), batch, device)
     for v in ('illama', 'illama_ref'):
         log(f'[T] peak training memory of {v}, 384² (577 tokens), batch {long_batch}')
-        out[f'train577_{v}'] = peak_memory_mb('train', v, 'T', dict(img_size=384), long_batch, device)
+        out[f'train577_{v}'] = measure('train', v, 'T', dict(img_size=384), long_batch, device)
     return out
 
+# %% ../../nbs/08_benchmark.ipynb #0d82d268
 def cpu_name() -> str:
     "The CPU's model name and its widest vector instructions (what bf16 and float32 products run on)."
     try: model = next((l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')), '')
@@ -239,29 +251,12 @@ def cpu_name() -> str:
                                ('avx2', 'AVX2'), ('bf16', 'BF16')) if f in flags), '')
     return ', '.join(x for x in (model or 'CPU', isa) if x)
 
+# %% ../../nbs/08_benchmark.ipynb #4b28bc5c
 def _settings(device, batch, img_size, repeats, warmup, compile, bf16) -> dict:
     name = (torch.cuda.get_device_name(device) if device.type == 'cuda'
             else f'{cpu_name()}, {torch.get_num_threads()} threads')
     return dict(device=str(device), device_name=name, torch=torch.__version__, timm=timm.__version__, batch=batch,
                 img_size=img_size, repeats=repeats, warmup=warmup, compile=compile, bf16=bf16)
-
-# %% ../../nbs/08_benchmark.ipynb #0695312d
-def run_benchmark(sizes=('T', 'S', 'B'), batch=None, img_size=224, repeats=5, warmup=1, device=None, train=True,
-                  memory=True, compile=False, bf16=False, log=print) -> dict:
-    "Measure DeiT against iLLaMA: inference for `sizes`, the training step and the memory of the targets."
-    device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-    log = log or (lambda s: None)
-    batch = batch or (1024 if device.type == 'cuda' else 64)
-    res = dict(settings=_settings(device, batch, img_size, repeats, warmup, compile, bf16), rows=[])
-    for s in sizes:
-        log(f'[{s}] inference, batch {batch}, {repeats} repeats')
-        res['rows'].append(bench_inference(s, batch, img_size, repeats, warmup, device, compile, bf16, log))
-    if train:
-        log('[T] training step at the cpu regime shape (48², patch 6, depth 6, batch 128, bf16)')
-        res['train'] = bench_train(repeats, warmup, device, log=log)
-    if memory: res['memory'] = bench_memory(device, log=log)
-    res['targets'] = targets(res)
-    return res
 
 # %% ../../nbs/08_benchmark.ipynb #0695312c
 TARGETS = {'T': 1.15, 'S': 1.10, 'B': 1.10}   # inference vs timm's DeiT of the size (Table 6's A100 ratio for T)
@@ -272,12 +267,13 @@ def _target(name, ratio, goal, higher: bool) -> dict:
     return dict(name=name, ratio=r['median'], low=r['min'], high=r['max'], goal=f"{'≥' if higher else '≤'} {goal}",
                 met=r['median'] >= goal if higher else r['median'] <= goal)
 
+# %% ../../nbs/08_benchmark.ipynb #411a38b1
 def targets(res) -> list:
     "Every target the result has the measurements for: (name, ratio, goal, met); like for like is in `_macs_lines`."
     out = []
     for row in res['rows']:
         s = row['size']
-        out.append(_target(f"iLLaMA-{s} inference vs DeiT-{SIZES[s][2]} (images/s)",
+        out.append(_target(f"iLLaMA-{s} inference vs DeiT-{BENCH_SIZES[s][2]} (images/s)",
                            paired_ratio(row['deit']['times'], row['illama']['times']), TARGETS[s], True))
     if 'train' in res:
         t = res['train']
@@ -293,6 +289,24 @@ def targets(res) -> list:
                            m['train577_illama'] / m['train577_illama_ref'], 0.7, False))
     return out
 
+# %% ../../nbs/08_benchmark.ipynb #0695312d
+def run_benchmark(sizes=('T', 'S', 'B'), batch=None, img_size=224, repeats=5, warmup=1, device=None, train=True,
+                  memory=True, compile=False, bf16=False, log=print, train_batch=128) -> dict:
+    "Measure DeiT against iLLaMA: inference for `sizes`, the training step and the memory of the targets."
+    device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    log = log or (lambda s: None)
+    batch = batch or (1024 if device.type == 'cuda' else 64)
+    res = dict(settings=_settings(device, batch, img_size, repeats, warmup, compile, bf16), rows=[])
+    for s in sizes:
+        log(f'[{s}] inference, batch {batch}, {repeats} repeats')
+        res['rows'].append(bench_inference(s, batch, img_size, repeats, warmup, device, compile, bf16, log))
+    if train:
+        log(f'[T] training step at the cpu regime shape (48², patch 6, depth 6, batch {train_batch}, bf16)')
+        res['train'] = bench_train(repeats, warmup, device, train_batch, log)
+    if memory: res['memory'] = bench_memory(device, log=log)
+    res['targets'] = targets(res)
+    return res
+
 # %% ../../nbs/08_benchmark.ipynb #9138b8ce
 def _ratio(a, b, f='{:.2f}×'): return '' if a is None or b is None else f.format(a / b)
 
@@ -300,8 +314,9 @@ def _paired(r: dict) -> str:
     "A paired ratio as '1.02× (0.69–1.21)': the median of the per-repeat ratios and their range."
     return f"{r['median']:.2f}×" + ('' if r['min'] is None else f" ({r['min']:.2f}–{r['max']:.2f})")
 
+# %% ../../nbs/08_benchmark.ipynb #a21d4526
 def _inference_lines(row) -> list[str]:
-    s, (name, _, abbr) = row['size'], SIZES[row['size']]
+    s, (name, _, abbr) = row['size'], BENCH_SIZES[row['size']]
     p_deit = TABLE6.get(f'deit_{name}', {}).get('img_s')
     lines = []
     for v, r in row.items():
@@ -332,6 +347,7 @@ def _train_lines(t) -> list[str]:
         lines.append(f"| {name} | {r['train_step_s']:.3f} | {sp['min']:.3f}–{sp['max']:.3f} | {vs} |")
     return lines
 
+# %% ../../nbs/08_benchmark.ipynb #d1a437c0
 def _memory_lines(m) -> list[str]:
     return ['| peak memory | MB |', '|---|---|',
             f"| inference, DeiT-Ti, 224², batch 64 | {m['infer_deit']:.0f} |",
@@ -339,6 +355,7 @@ def _memory_lines(m) -> list[str]:
             f"| training step, iLLaMA-T, 384² (577 tokens), batch 32 | {m['train577_illama']:.0f} |",
             f"| the same on the reference attention | {m['train577_illama_ref']:.0f} |"]
 
+# %% ../../nbs/08_benchmark.ipynb #d064fdc8
 def _macs_lines(rows) -> list[str]:
     "Per size: DeiT's and iLLaMA's MACs per image, their ratio (as run; causal zeros skipped), beside like for like."
     lines = ['| size | DeiT MACs / image (G) | iLLaMA (G) | DeiT / iLLaMA, MACs as run | the causal zeros skipped too '
@@ -352,6 +369,7 @@ def _macs_lines(rows) -> list[str]:
                      f"| {_paired(paired_ratio(alike['times'], i['times']))} |")
     return lines if len(lines) > 2 else []
 
+# %% ../../nbs/08_benchmark.ipynb #c89298b3
 def targets_table(res) -> str:
     "The targets of a result as a markdown table: measured ratio (paired range), goal, met; the README shows it too."
     lines = ['| target | measured | goal | met |', '|---|---|---|---|']
@@ -403,7 +421,7 @@ def profile_table(size='T', batch=64, img_size=224, device='cpu', row_limit=12) 
             with profile() as p:
                 m(x)
                 _sync(device)
-        out.append(f"{NAMES[v].format(size if v != 'deit' else SIZES[size][2])}, batch {batch}:\n" +
+        out.append(f"{NAMES[v].format(size if v != 'deit' else BENCH_SIZES[size][2])}, batch {batch}:\n" +
                    p.key_averages().table(sort_by='self_cpu_time_total', row_limit=row_limit))
     return '\n'.join(out)
 
@@ -432,8 +450,9 @@ def _parser():
 def _check(a):
     "Every option, and the output's folder, checked before anything is measured."
     a.sizes = tuple(s.strip().upper() for s in a.sizes.split(',') if s.strip())
-    if not a.sizes or any(s not in SIZES for s in a.sizes):
-        raise ValueError(f"--sizes={','.join(a.sizes)!r} is not allowed; choose among {list(SIZES)}, comma-separated")
+    if not a.sizes or any(s not in BENCH_SIZES for s in a.sizes):
+        raise ValueError(f"--sizes={','.join(a.sizes)!r} is not allowed; choose among "
+                         f"{list(BENCH_SIZES)}, comma-separated")
     for name in ('batch', 'repeats', 'threads'):
         v = getattr(a, name)
         if v is not None and v < 1: raise ValueError(f"--{name}={v} is not allowed; it must be a positive integer")

@@ -4,24 +4,18 @@
 
 # %% ../../nbs/90_docs.ipynb #a522062c
 from __future__ import annotations
-import argparse, ast, html, inspect, os, re, shutil, statistics, subprocess, sys, tempfile, time, urllib.parse
+import argparse, html, inspect, os, re, shutil, subprocess, sys, tempfile, time, urllib.parse
 from contextlib import contextmanager
 from pathlib import Path
 import nbformat, yaml
-from ..paper import TABLE17
-from ..results import Results, load_results, fmt, revision
-from ..train import REGIMES
 from ..data import write_text_atomic
-from .tables import TABLES, TABLE_TITLES, get_rows, render_table, render_claims
 
 # %% auto #0
-__all__ = ['SKIP_FLAGS', 'SITE_MARKER', 'RENDERERS', 'NOT_RUN', 'RUN_COLUMNS', 'site_notebooks', 'page_order', 'page_name',
-           'local_paths', 'clean_text', 'clean_outputs', 'doc_target', 'own_doc', 'signature_md', 'param_table',
-           'DocBlock', 'show_doc', 'DocsError', 'skip_cell', 'run_notebook', 'process_notebook', 'notebook_markdown',
-           'make_readme', 'tex_to_mathml', 'offline_maths', 'fix_anchors', 'check_root', 'check_out', 'make_workdir',
-           'pick_renderer', 'render_project', 'finish_site', 'build_docs', 'main', 'regime_results', 'table_md',
-           'paper_and_ours', 'claims_md', 'runs_table', 'regime_figures', 'analysis_outputs', 'analysis_md',
-           'roadmap_top1', 'plot_roadmap', 'module_layers', 'architecture_table', 'api_modules', 'api_reference']
+__all__ = ['SKIP_FLAGS', 'SITE_MARKER', 'RENDERERS', 'site_notebooks', 'page_order', 'page_name', 'local_paths', 'clean_text',
+           'clean_outputs', 'doc_target', 'own_doc', 'signature_md', 'param_table', 'DocBlock', 'show_doc', 'DocsError',
+           'skip_cell', 'run_notebook', 'process_notebook', 'notebook_markdown', 'make_readme', 'tex_to_mathml',
+           'offline_maths', 'fix_anchors', 'check_root', 'check_out', 'make_workdir', 'pick_renderer', 'render_project',
+           'finish_site', 'build_docs', 'main']
 
 # %% ../../nbs/90_docs.ipynb #ad56fa93
 _num_re = re.compile(r'^(\d+)[a-zA-Z0-9]*_')
@@ -511,172 +505,3 @@ def main(argv=None) -> int:
 # %% ../../nbs/90_docs.ipynb #a10c0423
 #| eval: false
 if __name__ == '__main__': sys.exit(main())
-
-# %% ../../nbs/90_docs.ipynb #8d4d751b
-NOT_RUN = 'not run yet'
-_REVISIONS = re.compile(r' ?Git revision\(s\): [^\n]*?\.(?=\s*$)', re.M)
-
-def regime_results(root='experiments') -> dict[str, Results]:
-    "The checked result records of every regime (`illama.train.REGIMES`) that has any, or corrupt files, under `root`."
-    res = {g: load_results(root, g) for g in REGIMES}
-    return {g: r for g, r in res.items() if r or r.corrupt}
-
-def table_md(table: str, regime: str, res: Results, root='experiments') -> str:
-    "One of the paper's tables for a page: `render_table`'s table and note, without its title and revision list."
-    md = render_table(table, regime, root, res).strip()
-    if md.startswith('## '): md = md.split('\n', 1)[1].strip()
-    return _REVISIONS.sub('', md)
-
-def paper_and_ours(table: str, results: dict, root='experiments', skip=()) -> str:
-    "The table for every regime in `results` (bar `skip`), or the paper's alone with our rows 'not run'."
-    regimes = [g for g in results if g not in skip]
-    if not regimes: return f"*Ours: {NOT_RUN}.*\n\n" + table_md(table, 'cpu', Results(), root)
-    return '\n\n'.join(f"Regime `{g}`:\n\n" + table_md(table, g, results[g], root) for g in regimes)
-
-def claims_md(regime: str, res: Results, root='experiments') -> str:
-    "`render_claims` for a page: without its title."
-    md = render_claims(regime, root, res=res).strip()
-    return md.split('\n', 1)[1].strip() if md.startswith('## ') else md
-
-# %% ../../nbs/90_docs.ipynb #1fa97695
-RUN_COLUMNS = ['table', 'row', 'run id', 'seed', 'top-1', 'train loss', 'epochs', 'min', 'status', 'revision']
-
-def _run_line(rid: str, r: dict) -> str:
-    wall = r.get('wall_time_s')
-    cells = [r.get('table', '?'), r.get('row', '?'), f'`{rid}`', str(r.get('seed', '?')), fmt(r.get('top1')),
-             fmt(r.get('train_loss'), 3), str(r.get('epochs', '?')), fmt(wall / 60 if wall is not None else None),
-             r.get('status', 'ok'), f'`{revision(r)}`']
-    return '| ' + ' | '.join(str(c).replace('|', '\\|') for c in cells) + ' |'
-
-def runs_table(res: Results) -> str:
-    "Every run record of one regime, one line each (top-1 in %, wall time in minutes), then its corrupt files."
-    lines = ['| ' + ' | '.join(RUN_COLUMNS) + ' |', '|---' * len(RUN_COLUMNS) + '|']
-    lines += [_run_line(rid, r) for rid in sorted(res) for r in sorted(res[rid], key=lambda r: r.get('seed', 0))]
-    bad = [f"- `{rid}`: {why}" for rid, whys in sorted(res.corrupt.items()) for why in whys]
-    return '\n'.join(lines) + ('\n\nResult files that could not be used:\n\n' + '\n'.join(bad) if bad else '')
-
-def regime_figures(results: dict, name: str, root='experiments') -> dict[str, Path]:
-    "The figure `name` (e.g. 'fig3b_soft_mask.png') of each regime that has it: `{regime: path}`."
-    figs = {g: Path(root) / 'tables' / g / name for g in results}
-    return {g: p for g, p in figs.items() if p.is_file()}
-
-def analysis_outputs(regime: str, root='experiments') -> dict[str, tuple]:
-    "Each analysis of chapters 16–19: `{name: (its table `<prefix>.md` or None, its figures `<prefix>*.png`)}`."
-    from illama.workshop.analyses import ANALYSES
-    folder = Path(root) / 'tables' / regime
-    mds = {p.stem: p for p in folder.glob('*.md')}
-    return {a.name: (mds.get(a.prefix), sorted(folder.glob(f'{a.prefix}*.png'))) for a in ANALYSES.values()}
-
-def analysis_md(text: str) -> str:
-    "An analysis table's markdown one heading level down, to sit under the page's section."
-    return re.sub(r'^(#+) ', r'#\1 ', text, flags=re.M)
-
-# %% ../../nbs/90_docs.ipynb #3b9e7d21
-def roadmap_top1(res: Results) -> dict[str, float]:
-    "Our mean top-1 of each Table 17 step in one regime's records (finished runs only)."
-    out = {}
-    for s in get_rows('table17'):
-        xs = [r['top1'] for r in res.get(s.run_id, []) if r.get('status', 'ok') == 'ok']
-        if xs: out[s.row] = statistics.mean(xs)
-    return out
-
-# %% ../../nbs/90_docs.ipynb #b1d3f5a9
-def _roadmap_panel(ax, names, label: str, vals: dict, color: str):
-    ys = [vals.get(n) for n in names]
-    ok = [y for y in ys if y is not None and y > 1]
-    ax.plot(range(len(names)), [y if y is not None and y > 1 else float('nan') for y in ys], marker='o', color=color)
-    lo, hi = (min(ok), max(ok)) if ok else (0, 100)
-    ax.set_ylim(lo - 0.35 * (hi - lo + 1), hi + 0.3 * (hi - lo + 1))
-    for i, y in enumerate(ys):
-        if y is not None and y > 1:
-            ax.annotate(f'{y:.1f}', (i, y), textcoords='offset points', xytext=(0, 6), ha='center', fontsize=8,
-                        color=color)
-        elif y is not None:
-            ax.axvspan(i - .4, i + .4, color='tab:red', alpha=.12)
-            ax.text(i, ax.get_ylim()[0], f' collapse: {y:.1f} %', rotation=90, ha='center', va='bottom', fontsize=8,
-                    color='tab:red')
-    ax.set_ylabel('top-1 (%)')
-    ax.set_title(label, fontsize=9, loc='left', color=color)
-    ax.grid(alpha=.3)
-
-def plot_roadmap(results: dict | None = None, skip=('smoke',)):
-    "The paper's Fig. 1 (right): top-1 along the roadmap for Tiny and Base (Table 17), then ours per regime."
-    import matplotlib.pyplot as plt
-    names = list(TABLE17)
-    panels = [('paper, iLLaMA-T', {n: TABLE17[n]['tiny'] for n in names}, 'tab:blue'),
-              ('paper, iLLaMA-B', {n: TABLE17[n]['base'] for n in names}, 'tab:orange')]
-    panels += [(f'ours, regime {g}', roadmap_top1(r), 'tab:green') for g, r in (results or {}).items() if g not in skip]
-    fig, axs = plt.subplots(len(panels), 1, figsize=(9, 1.9 * len(panels) + 1.2), sharex=True, squeeze=False)
-    for ax, panel in zip(axs[:, 0], panels): _roadmap_panel(ax, names, *panel)
-    ticks = [n.replace(' (', '\n(') for n in names]
-    axs[-1, 0].set_xticks(range(len(names)), ticks, rotation=25, ha='right', fontsize=8)
-    fig.suptitle("The roadmap, ViT → iLLaMA: ImageNet-1K top-1 after each step (Table 17)", fontsize=10)
-    fig.tight_layout()
-    return fig
-
-# %% ../../nbs/90_docs.ipynb #b5c1f7e3
-_FROM_NB = re.compile(r'File to edit: [./]*nbs/(\S+?\.ipynb)')
-
-def _imported(n, pkg: list[str], known: set[str]) -> set[str]:
-    "The package modules one import statement `n` (in a module of package `pkg`) brings in."
-    if isinstance(n, ast.Import): return {a.name for a in n.names} & known
-    base = '.'.join(pkg[:len(pkg) - n.level + 1]) if n.level else ''
-    full = '.'.join(x for x in (base, n.module) if x)
-    return {f'{full}.{a.name}' if f'{full}.{a.name}' in known else full for a in n.names} & known
-
-def _imports(path: Path, mod: str, known: set[str]) -> set[str]:
-    "The package modules (of `known`) that module `mod`, whose source is at `path`, imports."
-    nodes = [n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, (ast.Import, ast.ImportFrom))]
-    return set().union(*(_imported(n, mod.split('.')[:-1], known) for n in nodes)) - {mod}
-
-def module_layers(pkg=None) -> list[dict]:
-    "Each module of the package: its layer ('library' or 'workshop'), its chapter, and the package modules it imports."
-    pkg = Path(pkg or Path(__import__('illama').__file__).parent)
-    mods = {'.'.join(('illama',) + p.relative_to(pkg).with_suffix('').parts): p
-            for p in sorted(pkg.rglob('*.py')) if not p.name.startswith('_')}
-    rows = []
-    for mod, p in mods.items():
-        nb = _FROM_NB.search(p.read_text()[:400])
-        rows.append(dict(module=mod, layer='workshop' if '.workshop.' in mod else 'library',
-                         chapter=nb.group(1).removesuffix('.ipynb') if nb else '',
-                         imports=sorted(_imports(p, mod, set(mods) | {'illama'}))))
-    return sorted(rows, key=lambda r: (r['layer'], page_order(r['chapter']) or 0, r['module']))
-
-# %% ../../nbs/90_docs.ipynb #e4f0a2c8
-def architecture_table(pkg=None) -> str:
-    "`module_layers` as a markdown table: layer, module, chapter, the package modules it imports."
-    short = lambda m: m.removeprefix('illama.')          # plain text: nbdev would link `train` to the function
-    rows = [f"| {r['layer']} | `{r['module']}` | [{r['chapter']}]({r['chapter']}.ipynb) | "
-            f"{', '.join(map(short, r['imports'])) or '–'} |" for r in module_layers(pkg)]
-    return '\n'.join(['| layer | module | chapter | imports (from the package) |', '|---|---|---|---|', *rows])
-
-# %% ../../nbs/90_docs.ipynb #4d6eb1fa
-def _chapter_of(page: str, nbs='.') -> str | None:
-    "The notebook whose page nbdev calls `page` (e.g. 'vit.html' -> '00_vit.ipynb')."
-    return next((p.name for p in site_notebooks(nbs) if page_name(p.name, 'quarto') == page), None)
-
-def api_modules(nbs='.') -> dict:
-    "{module: {symbol: chapter page}} from nbdev's index of the package (`illama._modidx`), modules in chapter order."
-    from illama._modidx import d
-    def num(mod):
-        ns = [page_order(_chapter_of(u.split('#')[0], nbs) or '') for u, _ in d['syms'][mod].values()]
-        return min([n for n in ns if n is not None] or [999])
-    res = {}
-    for mod, syms in sorted(d['syms'].items(), key=lambda kv: (num(kv[0]), kv[0])):
-        tops = {full[len(mod) + 1:]: url.split('#')[0] for full, (url, _) in syms.items()}
-        tops = {k: v for k, v in tops.items() if '.' not in k}
-        if tops: res[mod] = tops
-    return res
-
-def api_reference(nbs='.'):
-    "Display, per module, a link to its chapter and the API block of each symbol it defines."
-    import importlib
-    from IPython.display import display, Markdown
-    for mod, syms in api_modules(nbs).items():
-        m = importlib.import_module(mod)
-        own = [s for s in getattr(m, '__all__', syms)
-               if s in syms and getattr(doc_target(getattr(m, s)), '__module__', mod) == mod]
-        pages = sorted({_chapter_of(syms[s], nbs) for s in own} - {None})
-        links = ', '.join(f"[{p.removesuffix('.ipynb')}]({p})" for p in pages)
-        display(Markdown(f"## `{mod}`\n\nDefined in {links or 'the package'}: " + ', '.join(f"`{s}`" for s in own)))
-        for s in own: display(show_doc(getattr(m, s), name=s, anchor=f'{mod}.{s}'.lower()))

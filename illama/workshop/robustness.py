@@ -4,15 +4,17 @@
 
 # %% ../../nbs/18_robustness.ipynb #2b580d4e
 from __future__ import annotations
-import copy, math, statistics
+import copy
 from pathlib import Path
 import numpy as np
 import torch, torch.nn as nn, torch.nn.functional as F
-from ..results import mean_sd, signed, fmt
+from ..results import mean_sd
 from ..data import write_text_atomic
-from ..train import RECIPES, load_tensors, make_learner, lr_scheds, load_init
+from ..recipes import RECIPES, lr_scheds
+from ..train import load_tensors, make_learner
+from ..checkpoints import load_init
 from .. import paper
-from .tables import row_recipe, REGIME_NOTES
+from .rows import row_recipe, REGIME_NOTES
 from .analyses import (MODELS, model_spec, trained_model, trained_checkpoint, val_set, val_subset,
                                       predict, top1, per_model)
 

@@ -8,14 +8,16 @@ import json
 from pathlib import Path
 import torch
 from ..vit import Illama, check_choice
-from ..results import mean_sd, signed
+from ..results import mean_sd
 from ..data import write_text_atomic
-from ..train import train, load_tensors, step_model_config
+from ..recipes import step_model_config
+from ..train import TrainConfig, train, load_tensors
 from .. import paper
-from .tables import row_recipe, result_path, REGIME_NOTES
+from .rows import row_recipe, REGIME_NOTES
+from .layout import analysis_work_dir, result_path
 from ..data import atomic_save
-from .analyses import model_spec, _record
-from .repro import run_row
+from .analyses import model_spec
+from .runner import done_record, run_row
 
 # %% auto #0
 __all__ = ['SELECTIONS', 'NO_LLAMA', 'WITH_WS', 'select_indices', 'llama_shape', 'select_llama_weights', 'llama_keys',
@@ -143,15 +145,16 @@ def selected_init(llama, regime: str, seed: int, data, out: Path, layers='first'
 def _train_selected(llama, regime, seed, data, root, layers, elements):
     "Train the iLLaMA row from the selected weights; its result record (resumed when the selection is the same)."
     spec = model_spec('iLLaMA')
-    folder = Path(root) / 'checkpoints' / regime / 'analyses' / f'weight-selection__seed{seed}'
+    folder = analysis_work_dir(root, regime) / f'weight-selection__seed{seed}'
     folder.mkdir(parents=True, exist_ok=True)
     meta = dict(llama=str(Path(llama).resolve()), layers=layers, elements=elements)
     said = folder / 'selection.json'
     fresh = said.exists() and json.loads(said.read_text()) != meta
     init, taken = selected_init(llama, regime, seed, data, folder / 'init.safetensors', layers, elements)
     write_text_atomic(said, json.dumps(meta))
-    learn = train(spec.step, 'tiny', regime, data, seed=seed, out=folder, recipe=row_recipe(spec, regime), init=init,
-                  quiet=True, resume=False if fresh else None)
+    cfg = TrainConfig(spec.step, 'tiny', regime, data=data, seed=seed, out=folder, recipe=row_recipe(spec, regime),
+                      init=init, quiet=True, resume=False if fresh else None)
+    learn = train(cfg)
     return learn.result, taken
 
 def compute_weight_selection(regime: str, seeds=(2, 3), data=None, root='experiments', log=print, llama=None,
@@ -162,7 +165,7 @@ def compute_weight_selection(regime: str, seeds=(2, 3), data=None, root='experim
     for s in seeds:
         r, taken = _train_selected(llama, regime, s, data, root, layers, elements)
         top[WITH_WS][str(s)] = r['top1']
-        base = _record(result_path(root, regime, spec, s)) or run_row(spec, regime, s, root, data, log=log)
+        base = done_record(result_path(root, regime, spec, s)) or run_row(spec, regime, s, root, data, log=log)
         top['iLLaMA'][str(s)] = base['top1']
         log(f"seed {s}: with weight selection {r['top1']:.2f}, from scratch {base['top1']:.2f}")
     return dict(metrics=dict(top1=top), selection={k: v for k, v in taken.items() if k not in ('embed', 'hidden')},
