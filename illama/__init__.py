@@ -15,3 +15,4 @@ from .rope import *
 from .soft_mask import *
 from .models import *
 from .kernels import *
+from .deploy import export_program as export_program, export_onnx as export_onnx, quantize as quantize

@@ -4,7 +4,7 @@
 
 # %% ../nbs/11b_callbacks.ipynb #4211f2be
 from __future__ import annotations
-import time, warnings
+import math, sys, time, warnings
 from functools import partial
 import torch, torch.nn as nn, torch.nn.functional as F
 with warnings.catch_warnings():   # fastai and pandas warn about their own deprecations at import
@@ -21,7 +21,8 @@ from .recipes import check_precision
 
 # %% auto #0
 __all__ = ['param_groups', 'RecipeLoss', 'top_k_metric', 'val_ce_metric', 'unwrap_model', 'SoftMaskCallback', 'RecipeCallback',
-           'DeviceMixedPrecision', 'FreezeBody', 'RestoreSmoothLoss']
+           'DeviceMixedPrecision', 'FreezeBody', 'RestoreSmoothLoss', 'NonFiniteLoss', 'StopOnNonFiniteLoss',
+           'PlainProgress']
 
 # %% ../nbs/11b_callbacks.ipynb #6dbc2511
 def param_groups(model):
@@ -156,3 +157,28 @@ class RestoreSmoothLoss(Callback):
     def before_fit(self):
         sl = self.recorder.smooth_loss
         sl.count, sl.val = self.state['count'], torch.tensor(self.state['val'], dtype=torch.float32)
+
+# %% ../nbs/11b_callbacks.ipynb #595765eb
+class NonFiniteLoss(RuntimeError):
+    "The training loss became NaN or infinite: the run diverged."
+
+class StopOnNonFiniteLoss(Callback):
+    "Raise `NonFiniteLoss` at the first training batch whose loss is not finite (before the optimiser steps on it)."
+    order = 1
+    def after_loss(self):
+        if not self.training: return
+        v = float(self.loss.detach().float())
+        if not math.isfinite(v):
+            raise NonFiniteLoss(f"the training loss is {v} at epoch {self.epoch + 1}, batch {self.iter + 1}: the run "
+                                f"diverged (lower the learning rate, or check the initial weights)")
+
+# %% ../nbs/11b_callbacks.ipynb #238c6831
+class PlainProgress(Callback):
+    "One plain line per epoch (`epoch 1 train_loss 1.23 ...`), for output that is not a terminal."
+    order = 60   # after the Recorder, which calls the learner's logger
+    def __init__(self, file=None): self.file = file
+    def before_fit(self): self.learn.logger = self._line
+    def _line(self, values):
+        names = self.recorder.metric_names
+        cells = [f'{n} {v:.4g}' if isinstance(v, float) else f'{n} {v}' for n, v in zip(names, values)]
+        print('  '.join(cells), file=self.file or sys.stdout, flush=True)

@@ -14,6 +14,7 @@ with warnings.catch_warnings():   # fastai and pandas warn about their own depre
     from fastai.torch_core import rank_distrib, num_distrib
 from .data import atomic_save
 from .callbacks import unwrap_model
+from .evaluate import check_weights
 from .models import checkpoint_filter_fn   # importing it also registers the timm models (`is_released_tag`)
 
 # %% auto #0
@@ -46,21 +47,28 @@ def _why(e: BaseException) -> str:
     return f"{type(e).__name__}: {lines[0] if lines else ''}"[:300]
 
 def read_checkpoint(path):
-    "The tensors and metadata of a checkpoint; a `ValueError` naming the file if it cannot be read."
+    "The tensors, metadata and optimiser groups of a checkpoint, checked; a `ValueError` naming the file if not usable."
     from safetensors import safe_open
     from safetensors.torch import load_file
+    fix = "delete it or pass --fresh to train from scratch"
     try:
         with safe_open(str(path), 'pt') as f: md = f.metadata()
-        return load_file(str(path)), json.loads(md['meta']), json.loads(md['opt_groups'])
+        t, meta, groups = load_file(str(path)), json.loads(md['meta']), json.loads(md['opt_groups'])
     except Exception as e:   # safetensors raises its own error types for truncated or foreign files
-        raise ValueError(f"checkpoint {str(path)!r} cannot be read ({_why(e)}); delete it or pass "
-                         f"--fresh to train from scratch") from e
+        raise ValueError(f"checkpoint {str(path)!r} cannot be read ({_why(e)}); {fix}") from e
+    if not isinstance(meta, dict) or not isinstance(meta.get('epoch'), int) or not isinstance(groups, list):
+        raise ValueError(f"checkpoint {str(path)!r} holds no run metadata (meta={meta!r:.60}); {fix}")
+    check_weights({k: v for k, v in t.items() if k.startswith('model.')}, f"checkpoint {str(path)!r}")
+    return t, meta, groups
 
 # %% ../nbs/11c_checkpoints.ipynb #845a53a6
 def load_checkpoint(path, learn):
     "Load weights and optimiser state of `path` into `learn` (creating its optimiser); return the metadata."
     t, meta, groups = read_checkpoint(path)
-    unwrap_model(learn.model).load_state_dict({k[6:]: v for k, v in t.items() if k.startswith('model.')})
+    try: unwrap_model(learn.model).load_state_dict({k[6:]: v for k, v in t.items() if k.startswith('model.')})
+    except RuntimeError as e:   # missing tensors or other shapes: the checkpoint of another model
+        raise ValueError(f"checkpoint {str(path)!r} does not fit this run's model ({str(e).splitlines()[-1].strip()}); "
+                         f"delete it or pass --fresh to train from scratch") from e
     if learn.opt is None: learn.create_opt()
     state = {}
     for k, v in t.items():
@@ -116,7 +124,7 @@ def _state_dict(path: Path) -> dict:
 
 def _tag_state_dict(tag: str) -> dict:
     from illama.evaluate import load_model
-    try: return load_model(tag).state_dict()
+    try: return load_model(tag, local_option='--init').state_dict()   # illama-train's option for a file
     except ValueError as e: raise ValueError(f"init={tag!r}: {e}") from e
 
 def load_init(model, init):
@@ -126,6 +134,7 @@ def load_init(model, init):
         raise ValueError(f"init={str(init)!r} is not a file or released weights; expected a checkpoint, a state dict "
                          f"or a timm tag such as illama_tiny.in1k")
     else: sd = _state_dict(Path(init))
+    check_weights(sd, f"init={str(init)!r}")
     try: model.load_state_dict(checkpoint_filter_fn(sd, model), strict=False)
     except (RuntimeError, ValueError) as e:   # keys or shapes that do not fit: another size or architecture
         raise ValueError(f"init={str(init)!r} does not fit this model: {str(e).splitlines()[-1].strip()}") from e

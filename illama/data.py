@@ -14,8 +14,8 @@ with warnings.catch_warnings():   # fastai warns about its own use of torch.jit.
     from fastai.data.core import DataLoaders
 
 # %% auto #0
-__all__ = ['IMG_EXTS', 'SPLITS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'find_data', 'fake_imagenet', 'scan_folder', 'load_image',
-           'cache_dir', 'atomic_save', 'write_text_atomic', 'git_revision', 'cache_file', 'decode_items',
+__all__ = ['IMG_EXTS', 'SPLITS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'find_data', 'fake_imagenet', 'scan_folder', 'open_rgb',
+           'load_image', 'cache_dir', 'atomic_save', 'write_text_atomic', 'git_revision', 'cache_file', 'decode_items',
            'rrc_flip_theta', 'BatchAugment', 'TensorDL', 'folder_tensors', 'cifar_tensors', 'make_dls', 'FolderImages',
            'StreamDL', 'folder_images']
 
@@ -91,25 +91,41 @@ def scan_folder(path, max_per_class: int | None = None, splits=SPLITS):
     return classes, items
 
 # %% ../nbs/10_data.ipynb #086d0ebc
+_SIXTEEN_BIT = ('I;16', 'I;16B', 'I;16L', 'I')
+
+def _to_rgb(im):
+    "A PIL image as 8-bit RGB; 16-bit grey is scaled to 8 bits (PIL's `convert` would clip it at 255)."
+    import numpy as np
+    from PIL import Image
+    if im.mode not in _SIXTEEN_BIT: return im.convert('RGB')
+    a = np.asarray(im).astype(np.float64)
+    top = 65535 if im.mode.startswith('I;16') or a.max() > 255 else 255
+    return Image.fromarray(np.round(a * 255 / top).clip(0, 255).astype(np.uint8), 'L').convert('RGB')
+
+def open_rgb(fn, draft: int | None = None):
+    "Image `fn` as 8-bit RGB (decoded at about `draft` px where the format allows); a `ValueError` naming it if not."
+    from PIL import Image
+    try:
+        with Image.open(fn) as im:
+            if draft: im.draft('RGB', (draft, draft))
+            return _to_rgb(im)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:   # PIL's errors for bad files
+        raise ValueError(f"image {str(fn)!r} cannot be decoded ({e}); replace or remove it") from e
+
 def _decode(fn, size: int):
     from PIL import Image
     import numpy as np
-    with Image.open(fn) as im:
-        im.draft('RGB', (size, size))
-        im = im.convert('RGB')
-        w, h = im.size
-        s = size / min(w, h)
-        nw, nh = max(size, round(w * s)), max(size, round(h * s))
-        im = im.resize((nw, nh), Image.BILINEAR, reducing_gap=None)
-        l, t = (nw - size) // 2, (nh - size) // 2
-        return np.asarray(im.crop((l, t, l + size, t + size)), dtype=np.uint8)
+    im = open_rgb(fn, draft=size)
+    w, h = im.size
+    s = size / min(w, h)
+    nw, nh = max(size, round(w * s)), max(size, round(h * s))
+    im = im.resize((nw, nh), Image.BILINEAR, reducing_gap=None)
+    l, t = (nw - size) // 2, (nh - size) // 2
+    return np.asarray(im.crop((l, t, l + size, t + size)), dtype=np.uint8)
 
 def load_image(fn, size: int):
     "Decode `fn`, resize its short side to `size`, centre-crop to `size`²; a (3, size, size) uint8 tensor."
-    try: a = _decode(fn, size)
-    except (OSError, ValueError, SyntaxError) as e:   # PIL's errors for truncated and unreadable files
-        raise ValueError(f"image {str(fn)!r} cannot be decoded ({e}); replace or remove it") from e
-    return torch.from_numpy(a.copy()).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(_decode(fn, size).copy()).permute(2, 0, 1).contiguous()
 
 def _load(a): return load_image(*a)
 
@@ -120,6 +136,11 @@ def cache_dir(cache=None) -> Path:
     p = Path(cache or os.environ.get('ILLAMA_CACHE') or Path.home() / '.cache' / 'illama').expanduser()
     if p.exists() and not p.is_dir():
         raise ValueError(f"{src or 'cache'}={str(p)!r} is a file; expected a folder for the decoded-image cache")
+    try: p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"{src or 'cache'}={str(p)!r} cannot be made ({e.strerror}); choose a writable folder") from e
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise ValueError(f"{src or 'cache'}={str(p)!r} is not writable; choose a folder you can write")
     return p
 
 def _umask() -> int:
@@ -168,6 +189,17 @@ def _decode_all(items, size: int, workers: int):
     from concurrent.futures import ThreadPoolExecutor
     with ThreadPoolExecutor(workers) as pool: return list(pool.map(_load, args))
 
+def _read_cache(fn: Path, n: int) -> dict | None:
+    "The cache in `fn` (memory-mapped: paged in, not copied), or None with a warning when it is cut short or foreign."
+    try:
+        d = torch.load(fn, mmap=True)
+        if not (isinstance(d, dict) and torch.is_tensor(d.get('x')) and torch.is_tensor(d.get('y'))
+                and len(d['x']) == len(d['y']) == n): raise ValueError(f'not a cache of these {n} images')
+        return d
+    except Exception as e:   # torch.load raises its own errors for truncated or foreign files
+        warnings.warn(f"the image cache {str(fn)!r} cannot be used ({type(e).__name__}); decoding the images again")
+        return None
+
 def decode_items(items, size: int, cache=None, key: str = '', workers: int = 2, write: bool = True,
                  wait_s: float = 7200):
     "uint8 images (N, 3, size, size) and int64 labels of `items`, decoded once and cached (by the `write`r only)."
@@ -175,9 +207,7 @@ def decode_items(items, size: int, cache=None, key: str = '', workers: int = 2, 
     if not write:   # another process (distributed rank 0) decodes and writes the cache: wait for it
         t = time.time()
         while not fn.exists() and time.time() - t < wait_s: time.sleep(1)
-    if fn.exists():
-        d = torch.load(fn, mmap=True)   # memory-mapped: a large cache is paged in, not copied
-        return d['x'], d['y']
+    if fn.exists() and (d := _read_cache(fn, len(items))) is not None: return d['x'], d['y']
     x, y = torch.stack(_decode_all(items, size, workers)), torch.tensor([l for _, l in items], dtype=torch.long)
     if write: atomic_save({'x': x, 'y': y}, fn)
     return x, y
@@ -309,11 +339,10 @@ class FolderImages(torch.utils.data.Dataset):
         from PIL import Image
         from torchvision.transforms import RandomResizedCrop
         import numpy as np
-        with Image.open(f) as im:
-            im = im.convert('RGB')
-            t, l, h, w = RandomResizedCrop.get_params(im, list(self.scale), list(self.ratio))
-            im = im.resize((self.res, self.res), Image.BICUBIC, box=(l, t, l + w, t + h))
-            a = np.asarray(im, dtype=np.uint8)
+        im = open_rgb(f)
+        t, l, h, w = RandomResizedCrop.get_params(im, list(self.scale), list(self.ratio))
+        im = im.resize((self.res, self.res), Image.BICUBIC, box=(l, t, l + w, t + h))
+        a = np.asarray(im, dtype=np.uint8)
         return torch.from_numpy(a.copy()).permute(2, 0, 1).contiguous(), label
 
 class StreamDL(DataLoader):

@@ -7,11 +7,11 @@ from __future__ import annotations
 import argparse, json, sys, time
 from pathlib import Path
 import torch
-from .data import scan_folder, write_text_atomic, git_revision
+from .data import open_rgb, scan_folder, write_text_atomic, git_revision
 
 # %% auto #0
 __all__ = ['expected_calibration_error', 'imagenet_indices', 'label_indices', 'data_config', 'eval_loader', 'predict', 'evaluate',
-           'load_model', 'main']
+           'check_weights', 'load_model', 'main']
 
 # %% ../nbs/13_evaluate.ipynb #0dd9206f
 def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float:
@@ -45,12 +45,8 @@ class _Images(torch.utils.data.Dataset):
     def __init__(self, items, transform): self.items, self.transform = items, transform
     def __len__(self): return len(self.items)
     def __getitem__(self, i):
-        from PIL import Image
         f, label = self.items[i]
-        try:
-            with Image.open(f) as im: x = self.transform(im.convert('RGB'))
-        except OSError as e: raise ValueError(f"image {str(f)!r} cannot be decoded ({e})") from e
-        return x, label
+        return self.transform(open_rgb(f)), label
 
 # %% ../nbs/13_evaluate.ipynb #2f6ddf98
 def data_config(model) -> dict:
@@ -106,24 +102,47 @@ def evaluate(model, folder, batch_size: int = 64, limit: int | None = None, work
         res['restricted'] = _metrics(logits[:, idx], y)
     return res
 
+# %% ../nbs/13_evaluate.ipynb #210738ce
+def check_weights(state_dict: dict, source: str) -> dict:
+    "`state_dict` if every floating-point tensor in it is finite, else a `ValueError` naming `source` and the tensor."
+    for k, v in state_dict.items():
+        if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all():
+            raise ValueError(f"{source}: tensor {k!r} holds NaN or infinite values; these weights cannot be used")
+    return state_dict
+
 # %% ../nbs/13_evaluate.ipynb #75f37058
-def load_model(tag: str, checkpoint=None, **kwargs):
-    "`timm.create_model(tag, pretrained=True)`, from `checkpoint` (a local file) instead of the hub if given."
+def _from_file(tag: str, checkpoint, **kwargs):
+    "`tag`'s model with the weights in the local file `checkpoint`; a `ValueError` naming the file if they do not load."
+    import timm
+    if not Path(checkpoint).is_file(): raise ValueError(f"checkpoint={str(checkpoint)!r} is not a file")
+    try: return timm.create_model(tag, pretrained=True, pretrained_cfg_overlay=dict(file=str(checkpoint)), **kwargs)
+    except Exception as e:   # torch.load, safetensors and timm's key mapping each raise their own errors
+        why = (str(e).strip().splitlines() or [''])[0][:200]
+        raise ValueError(f"checkpoint={str(checkpoint)!r} cannot be loaded as {tag!r} weights "
+                         f"({type(e).__name__}: {why})") from e
+
+def _from_hub(tag: str, local_option: str = '--checkpoint', **kwargs):
+    "`timm.create_model(tag, pretrained=True)`, its errors as one `ValueError` that says what to do."
     import timm
     base = tag.split('.')[0]
-    if not timm.is_model(base): raise ValueError(f"model={tag!r} is not a timm model (e.g. illama_tiny.in1k)")
-    if checkpoint is not None:
-        if not Path(checkpoint).is_file(): raise ValueError(f"checkpoint={str(checkpoint)!r} is not a file")
-        return timm.create_model(tag, pretrained=True, pretrained_cfg_overlay=dict(file=str(checkpoint)), **kwargs)
-    if '.' not in tag and base in timm.list_models(pretrained=True):
-        tag = timm.list_pretrained(base)[0]
+    if '.' not in tag and base in timm.list_models(pretrained=True): tag = timm.list_pretrained(base)[0]
     try: return timm.create_model(tag, pretrained=True, **kwargs)
     except (RuntimeError, ValueError) as e:
         raise ValueError(f"model={tag!r}: {str(e).splitlines()[0]}; choose a tag with weights, e.g. "
-                         f"{timm.list_pretrained('illama_*')[:3]}, or pass --checkpoint FILE") from e
+                         f"{timm.list_pretrained('illama_*')[:3]}, or pass {local_option} FILE") from e
     except Exception as e:   # the hub unreachable, a file missing there: huggingface_hub raises its own errors
         raise ValueError(f"model={tag!r}: its weights could not be fetched from the Hugging Face hub "
-                         f"({type(e).__name__}); on a machine without access, pass the file as --checkpoint") from e
+                         f"({type(e).__name__}); on a machine without access, pass the file as {local_option}") from e
+
+def load_model(tag: str, checkpoint=None, local_option: str = '--checkpoint', **kwargs):
+    "`timm.create_model(tag, pretrained=True)`, from `checkpoint` (a local file) instead of the hub if given; checked."
+    import timm
+    if not timm.is_model(tag.split('.')[0]):
+        raise ValueError(f"model={tag!r} is not a timm model (e.g. illama_tiny.in1k)")
+    if checkpoint is not None: model = _from_file(tag, checkpoint, **kwargs)
+    else: model = _from_hub(tag, local_option, **kwargs)   # the option that takes a local file, in the error
+    check_weights(model.state_dict(), f"checkpoint={str(checkpoint)!r}" if checkpoint else f"model={tag!r}")
+    return model
 
 # %% ../nbs/13_evaluate.ipynb #89809988
 def _parser():
@@ -164,8 +183,8 @@ def main(argv=None) -> int:
         model = load_model(a.model, a.checkpoint)
         device = a.device or ('cuda' if torch.cuda.is_available() else 'cpu')
         res = evaluate(model, a.data, a.batch_size, a.limit, a.workers, device)
-    except ValueError as e:
-        print(f'illama-eval: error: {e}', file=sys.stderr)
+    except ValueError as e:     # one line: an image that fails in a loader worker arrives with the worker's traceback
+        print(f"illama-eval: error: {str(e).strip().splitlines()[-1]}", file=sys.stderr)
         return 2
     res = dict(model=a.model, checkpoint=a.checkpoint, data=str(a.data), **res, git_rev=git_revision())
     print(json.dumps(res, indent=1))

@@ -11,10 +11,10 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count, sdpa_back
 # %% auto #0
 __all__ = ['MATERIALISE_MAX_N', 'REDUCED_DTYPES', 'CHUNK_MAX_N', 'CHUNK_BYTES', 'IMAGE_CHUNK_BYTES', 'BF16_FLAGS', 'sdpa_lse',
            'sdpa_lse_backward', 'post_softmax_attention_op', 'post_softmax_attention_backward', 'flop_formulas',
-           'post_softmax_sdpa', 'post_softmax_attention', 'materialise', 'chunk_inference', 'post_softmax_chunked',
-           'image_bytes', 'images_per_chunk', 'cpu_flags', 'native_bf16', 'BF16ProductsInFP32', 'bf16_products',
-           'RotateQKV', 'rotate_qkv', 'RMSNormFunction', 'rms_norm', 'table2_flops', 'causal_needed_macs',
-           'counted_macs']
+           'post_softmax_sdpa', 'post_softmax_attention', 'traced', 'materialise', 'chunk_inference',
+           'post_softmax_chunked', 'image_bytes', 'images_per_chunk', 'cpu_flags', 'native_bf16', 'BF16ProductsInFP32',
+           'bf16_products', 'RotateQKV', 'rotate_qkv', 'RMSNormFunction', 'rms_norm', 'table2_flops',
+           'causal_needed_macs', 'counted_macs']
 
 # %% ../nbs/07_kernels.ipynb #6b07fa25
 _aten = torch.ops.aten
@@ -132,10 +132,14 @@ def post_softmax_attention(q, k, v, alpha: float = 0.0, cls_row: int | None = No
 MATERIALISE_MAX_N = 256      # 'auto' materialises attention while training on the CPU up to this many tokens
 REDUCED_DTYPES = (torch.bfloat16, torch.float16)   # autocast's reduced precisions, which 'auto' treats apart
 
+def traced() -> bool:
+    "Whether torch.export, torch.compile or torch.jit.trace records this call: then only plain, differentiable ops."
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
 def materialise(q) -> bool:
     "Per-shape rule of 'auto': the n×n product is faster on the CPU at n ≤ MATERIALISE_MAX_N, training or in bf16/fp16."
-    return (q.device.type == 'cpu' and q.shape[-2] <= MATERIALISE_MAX_N
-            and ((q.requires_grad and torch.is_grad_enabled()) or q.dtype in REDUCED_DTYPES))
+    return traced() or (q.device.type == 'cpu' and q.shape[-2] <= MATERIALISE_MAX_N
+                        and ((q.requires_grad and torch.is_grad_enabled()) or q.dtype in REDUCED_DTYPES))
 
 CHUNK_MAX_N = 640            # 'auto' runs CPU inference of Eq. 2 in cache-sized chunks up to this many tokens
 CHUNK_BYTES = 2 ** 21        # the probabilities of one chunk: about one core's L2 cache
@@ -144,7 +148,7 @@ def chunk_inference(q) -> bool:
     "Per-shape rule of 'auto' for Eq. 2 without autograd: on the CPU at n ≤ CHUNK_MAX_N (fp32, bf16, fp16), in chunks."
     return (q.device.type == 'cpu' and q.dtype in (torch.float32, *REDUCED_DTYPES)
             and q.shape[-2] <= CHUNK_MAX_N
-            and not (q.requires_grad and torch.is_grad_enabled()))
+            and not (q.requires_grad and torch.is_grad_enabled()) and not traced())
 
 def post_softmax_chunked(q, k, v, alpha: float = 0.0, cls_row: int | None = None):
     "Exact Eq. 2, `(softmax(q kᵀ/√d) ⊙ S) v`, no autograd: a few images at a time, each chunk's n×n kept in cache."
@@ -171,7 +175,7 @@ def image_bytes(block, tokens: int) -> int:
 def images_per_chunk(x, image_bytes: int) -> int:
     "Per-shape rule of 'auto': images per chunk of CPU inference, each chunk's widest activation ≤ IMAGE_CHUNK_BYTES."
     B = x.shape[0]
-    if x.device.type != 'cpu' or torch.is_grad_enabled() or B == 0: return max(B, 1)   # training keeps it all anyway
+    if x.device.type != 'cpu' or torch.is_grad_enabled() or traced() or B == 0: return max(B, 1)   # training: all
     chunks = -(-B // max(1, IMAGE_CHUNK_BYTES // image_bytes))                 # as few chunks as fit...
     return -(-B // chunks)                                                       # ...of equal size
 
@@ -251,8 +255,17 @@ class RotateQKV(torch.autograd.Function):
         g[:, :, :2], g[:, :, 2] = x.permute(1, 3, 0, 2, 4), gv.transpose(1, 2)
         return g, None
 
+def _rotated_plain(qkv, cos, sin):
+    "q, k, v of `qkv` as `_rotated_qkv` gives them, from real products only (no complex, no `out=`): for tracing."
+    x0, x1 = qkv[:, :, :2].float().unflatten(-1, (-1, 2)).unbind(-1)      # (B, n, 2, heads, d/2) each
+    c, s = cos.float()[:, None, None], sin.float()[:, None, None]         # (n, 1, 1, d/2)
+    y = torch.stack([x0 * c - x1 * s, x0 * s + x1 * c], -1).flatten(-2).to(qkv.dtype)
+    q, k = y.permute(2, 0, 3, 1, 4).unbind(0)
+    return q, k, qkv[:, :, 2].transpose(1, 2)
+
 def rotate_qkv(qkv, cos, sin):
     "RoPE on the qkv projection (B, n, 3, heads, d), q and k in one pass, by chapter 4's tables (n, d/2): q, k, v."
+    if traced(): return _rotated_plain(qkv, cos, sin)
     cis = torch.complex(cos.float(), sin.float())                          # (n, d/2): e^{iθ}
     return RotateQKV.apply(qkv, cis) if torch.is_grad_enabled() and qkv.requires_grad else _rotated_qkv(qkv, cis)
 
@@ -282,8 +295,14 @@ class RMSNormFunction(torch.autograd.Function):
         g_sum = torch.mv(gy.reshape(-1, dim), w).view(r.shape)             # Σ g over the channels: one product
         return gx.add_(g_sum.mul_(r), alpha=1 / dim).type_as(x), gw.to(weight.dtype), None
 
+def _rms_plain(x, weight, eps: float):
+    "Chapter 2's formula, statistic in float32, as plain out-of-place ops: what tracing records."
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + eps)).type_as(x) * weight
+
 def rms_norm(x, weight, eps: float = 1e-6):
     "RMSNorm of `x` with gain `weight` (chapter 2's formula), differentiated by `RMSNormFunction`'s closed form."
+    if traced(): return _rms_plain(x, weight, eps)
     if not torch.is_grad_enabled(): return _rms_forward(x, weight, eps)[0]
     return RMSNormFunction.apply(x, weight, eps)
 

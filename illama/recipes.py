@@ -4,7 +4,7 @@
 
 # %% ../nbs/11a_recipes.ipynb #e18e23a9
 from __future__ import annotations
-import dataclasses, json, warnings
+import dataclasses, json, math, warnings
 from dataclasses import dataclass, field, asdict
 import torch
 with warnings.catch_warnings():   # fastai and pandas warn about their own deprecations at import
@@ -15,10 +15,38 @@ from .vit import get_step, roadmap_config, SIZES, check_choice
 from .soft_mask import SoftMaskSchedule, TUNED_MIXUP_CUTMIX, SOFT_MASK_SETTINGS
 
 # %% auto #0
-__all__ = ['RECIPES', 'REGIMES', 'MAX_EPOCHS', 'PRECISIONS', 'PIPELINES', 'Recipe', 'paper_recipe', 'in_regime', 'step_recipe',
-           'step_model_config', 'check_precision', 'lr_scheds', 'make_mixup']
+__all__ = ['RECIPES', 'REGIMES', 'MAX_EPOCHS', 'PRECISIONS', 'PIPELINES', 'check_recipe', 'Recipe', 'paper_recipe', 'in_regime',
+           'step_recipe', 'step_model_config', 'check_precision', 'lr_scheds', 'make_mixup']
 
 # %% ../nbs/11a_recipes.ipynb #cff3d15a
+_LIMITS = {   # field: (kind, low, high, low included, high included); every recipe is checked when it is made
+    'epochs': (int, 1, 100_000, True, True), 'batch_size': (int, 1, 1 << 20, True, True),
+    'lr_batch': (int, 1, 1 << 20, True, True), 'base_lr': (float, 0, 10, False, True),
+    'min_lr': (float, 0, 10, True, True), 'warmup_epochs': (float, 0, 1e6, True, True),
+    'cutoff_epochs': (float, 0, 1e6, True, True), 'weight_decay': (float, 0, 10, True, True),
+    'drop_path': (float, 0, 1, True, False), 'label_smoothing': (float, 0, 1, True, False),
+    'mixup': (float, 0, 1e3, True, True), 'cutmix': (float, 0, 1e3, True, True),
+    'random_erasing': (float, 0, 1, True, True), 'img_size': (int, 1, 8192, True, True),
+    'patch_size': (int, 1, 8192, True, True)}
+
+def _in_limits(name: str, v) -> str | None:
+    "Why `v` is not allowed for recipe field `name`, or None."
+    kind, lo, hi, lo_in, hi_in = _LIMITS[name]
+    number = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if not number or (kind is int and not isinstance(v, int)):
+        return f"it must be {'an integer' if kind is int else 'a finite number'}"
+    if (v < lo or (v == lo and not lo_in)) or (v > hi or (v == hi and not hi_in)):
+        return f"it must be in {'[' if lo_in else '('}{lo}, {hi}{']' if hi_in else ')'}"
+
+def check_recipe(r) -> None:
+    "A `ValueError` naming the first field of recipe `r` that is out of its range (`_LIMITS`) or not a choice."
+    for name in _LIMITS:
+        if (why := _in_limits(name, v := getattr(r, name))): raise ValueError(f"{name}={v!r} is not allowed; {why}")
+    if r.max_per_class is not None and _in_limits('batch_size', r.max_per_class):
+        raise ValueError(f"max_per_class={r.max_per_class!r} is not allowed; it must be None or a positive integer")
+    for name, allowed in (('soft_mask', ('none', 'constant', 'linear')), ('precision', ('fp32', 'bf16', 'fp16')),
+                          ('pipeline', ('stream', 'cache'))): check_choice(name, getattr(r, name), allowed)
+
 @dataclass(frozen=True)
 class Recipe:
     "A training recipe (one column of Tables 12-16)."
@@ -48,6 +76,7 @@ class Recipe:
     pipeline: str = 'stream'        # 'stream': decode on the fly, crop the full image | 'cache': decode once, 1.15x res
     model: dict = field(default_factory=dict)   # extra IllamaConfig overrides (depth, width of the small regimes)
 
+    def __post_init__(self): check_recipe(self)
     def replace(self, **kw): return dataclasses.replace(self, **kw)
     @property
     def lr(self): return self.base_lr * self.batch_size / self.lr_batch
@@ -122,8 +151,8 @@ def in_regime(r: Recipe, regime: str, epochs: int | None = None) -> Recipe:
     "`r` shrunk to `regime`: its settings, `epochs` (or the regime's), warm-up, cutoff and mixup/cutmix to scale."
     reg = dict(REGIMES[check_choice('regime', regime, tuple(REGIMES))])
     mix_scale = reg.pop('mix_scale', 1.0)
-    if not reg: return r.replace(epochs=epochs) if epochs else r
-    n = epochs or reg['epochs']
+    if not reg: return r if epochs is None else r.replace(epochs=epochs)
+    n = reg['epochs'] if epochs is None else epochs          # 0 is an error (the recipe says so), not "the default"
     frac = n / r.epochs
     return r.replace(**{**reg, 'epochs': n}, mixup=r.mixup * mix_scale, cutmix=r.cutmix * mix_scale,
                      warmup_epochs=r.warmup_epochs * frac, cutoff_epochs=r.cutoff_epochs * frac)

@@ -9,27 +9,45 @@ from pathlib import Path
 from .data import write_text_atomic
 
 # %% auto #0
-__all__ = ['STATUSES', 'ResultError', 'check_result', 'revision', 'write_result', 'read_result', 'write_analysis',
+__all__ = ['STATUSES', 'FIELDS', 'ResultError', 'check_result', 'revision', 'write_result', 'read_result', 'write_analysis',
            'read_analysis', 'Results', 'run_id_of', 'load_results', 'finished', 'fmt', 'mean_sd', 'signed']
 
 # %% ../nbs/12_results.ipynb #ce0b0157
 STATUSES = ('ok', 'failed')
+_NUM, _INT = (int, float), int
+FIELDS = {**dict.fromkeys(('top1', 'top5', 'train_loss', 'val_loss', 'wall_time_s', 'images_per_s',   # None: not known
+                           'model_step_share'), _NUM),
+          **dict.fromkeys(('seed', 'epochs', 'resumed_from_epoch', 'nproc'), _INT),
+          **dict.fromkeys(('run_id', 'table', 'row', 'step', 'regime', 'size', 'status', 'error', 'git_rev', 'git',
+                           'bf16_products'), str),
+          'history': list, 'config': dict, 'paper': dict}
 
 class ResultError(ValueError):
     "A result file that cannot be used: the message names the file and says why."
 
 def _number(x) -> bool: return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
+def _check_field(k, v, path):
+    "A `ResultError` naming `path` and field `k` unless `v` has the field's type (numbers finite, None allowed)."
+    want = FIELDS.get(k)
+    if want is None or v is None: return
+    if want is _NUM: ok = _number(v)
+    else: ok = isinstance(v, want) and not isinstance(v, bool)
+    if not ok:
+        what = 'a finite number' if want is _NUM else f"{'an' if want is int else 'a'} {want.__name__}"
+        raise ResultError(f"{path}: {k}={v!r} is not {what}")
+
+# %% ../nbs/12_results.ipynb #80532a00
 def check_result(r, path='<record>') -> dict:
-    "`r` if it is a valid record, else a `ResultError` naming `path`."
+    "`r` if it is a valid record, else a `ResultError` naming `path` (and the field at fault)."
     if not isinstance(r, dict): raise ResultError(f"{path}: expected a JSON object, got {type(r).__name__}")
     if r.get('status', 'ok') not in STATUSES:
         raise ResultError(f"{path}: status={r.get('status')!r}; expected one of {list(STATUSES)}")
-    if r.get('status', 'ok') == 'ok':
-        if not _number(r.get('top1')) or not 0 <= r['top1'] <= 100:
-            raise ResultError(f"{path}: top1={r.get('top1')!r}; a finished run needs a top-1 in [0, 100]")
-        if 'seed' in r and not isinstance(r['seed'], int):
-            raise ResultError(f"{path}: seed={r['seed']!r} is not an integer")
+    if r.get('status', 'ok') == 'ok' and (not _number(r.get('top1')) or not 0 <= r['top1'] <= 100):
+        raise ResultError(f"{path}: top1={r.get('top1')!r}; a finished run needs a top-1 in [0, 100]")
+    for k, v in r.items(): _check_field(k, v, path)
+    if not all(isinstance(h, dict) for h in r.get('history') or []):
+        raise ResultError(f"{path}: history holds something that is not an epoch's record (a JSON object)")
     return r
 
 def revision(r: dict) -> str:
@@ -38,14 +56,21 @@ def revision(r: dict) -> str:
     return re.sub(r'^([0-9a-f]{7})[0-9a-f]{33}', r'\1', rev)   # older records held all 40 digits
 
 # %% ../nbs/12_results.ipynb #636c629a
+def _strict(s: str):
+    raise ValueError(f"{s} is not a number in strict JSON")
+
 def write_result(path, r: dict) -> Path:
-    "Check `r` and write it as JSON to `path`, atomically."
-    return write_text_atomic(path, json.dumps(check_result(r, path), indent=1, default=str))
+    "Check `r` and write it as strict JSON (no NaN or infinity anywhere, the history included) to `path`, atomically."
+    try: text = json.dumps(check_result(r, path), indent=1, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        if isinstance(e, ResultError): raise
+        raise ResultError(f"{path}: the record cannot be written as strict JSON ({e})") from e
+    return write_text_atomic(path, text)
 
 def read_result(path) -> dict:
-    "The checked record in `path`; a `ResultError` naming the file if it is unreadable or invalid."
-    try: r = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    "The checked record in `path`; a `ResultError` naming the file if it is unreadable, not strict JSON or invalid."
+    try: r = json.loads(Path(path).read_text(), parse_constant=_strict)
+    except (OSError, UnicodeDecodeError, ValueError) as e:
         raise ResultError(f"{path}: not a readable JSON file ({e})") from e
     return check_result(r, path)
 
@@ -73,15 +98,26 @@ def run_id_of(path) -> str:
     "The run id in a result file's name, `<run id>__seed<k>.json`."
     return Path(path).stem.rsplit('__seed', 1)[0]
 
+_NAME = re.compile(r'(?P<run_id>.+)__seed(?P<seed>\d+)')
+
+def _named_record(p: Path) -> dict:
+    "The record in file `p`, which must agree with its name `<run id>__seed<k>.json`; else a `ResultError`."
+    m = _NAME.fullmatch(p.stem)
+    if not m: raise ResultError(f"{p}: the name is not <run id>__seed<k>.json")
+    r = read_result(p)
+    if r.get('run_id', m['run_id']) != m['run_id'] or r.get('seed', int(m['seed'])) != int(m['seed']):
+        raise ResultError(f"{p}: run_id={r.get('run_id')!r}, seed={r.get('seed')!r} disagree with the file's name")
+    return r
+
 def load_results(folder) -> Results:
     "Every result file in `folder` (one regime's), checked: valid records by run id, corrupt files apart."
     out = Results()
     for p in sorted(Path(folder).glob('*.json')):
-        try: r = read_result(p)
+        try: r = _named_record(p)
         except ResultError as e:
             out.corrupt.setdefault(run_id_of(p), []).append(str(e))
             continue
-        out.setdefault(r.get('run_id') or run_id_of(p), []).append(r)
+        out.setdefault(run_id_of(p), []).append(r)
     return out
 
 def finished(runs) -> list[dict]:

@@ -4,7 +4,8 @@
 
 # %% ../nbs/11_train.ipynb #cc3fb47e
 from __future__ import annotations
-import argparse, atexit, json, os, subprocess, sys, time, warnings
+import argparse, atexit, fcntl, json, os, subprocess, sys, time, warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -21,17 +22,18 @@ from fastcore.basics import noop
 from .vit import get_step, Illama, ROADMAP, SIZES, check_choice
 from .data import find_data, folder_tensors, folder_images, FolderImages, cifar_tensors, make_dls, BatchAugment
 from .data import atomic_save, cache_dir, git_revision, scan_folder
-from .results import write_result
+from .results import ResultError, read_result, write_result
 from .recipes import (Recipe, RECIPES, REGIMES, MAX_EPOCHS, PIPELINES, step_recipe, step_model_config,
                             check_precision, lr_scheds, make_mixup)
 from .callbacks import (RecipeLoss, top_k_metric, val_ce_metric, param_groups, SoftMaskCallback, RecipeCallback,
-                              DeviceMixedPrecision, FreezeBody, RestoreSmoothLoss)
+                              DeviceMixedPrecision, FreezeBody, RestoreSmoothLoss, NonFiniteLoss,
+                              StopOnNonFiniteLoss, PlainProgress)
 from .checkpoints import CKPT, read_checkpoint, load_checkpoint, CheckpointCallback, is_released_tag, load_init
 
 # %% auto #0
 __all__ = ['load_tensors', 'check_trainable', 'make_learner', 'CpuDistributedDL', 'plot_history', 'TrainConfig', 'Run',
            'run_differences', 'check_batch', 'plan_run', 'build_learner', 'fit_run', 'run_result', 'finish_run',
-           'train', 'check_int', 'default_out', 'plan_from_args', 'main']
+           'out_lock', 'train', 'check_int', 'default_out', 'plan_from_args', 'main']
 
 # %% ../nbs/11_train.ipynb #ec0baf47
 def load_tensors(recipe: Recipe, data=None, cache=None, download=False):
@@ -76,7 +78,8 @@ def make_learner(step, size, recipe: Recipe, tensors, classes, seed=0, start_epo
                    train_aug=_train_aug(recipe, tensors, len(classes), augment))
     set_seed(seed)
     model = Illama(step_model_config(step, size, recipe, len(classes)))
-    cbs, metrics = [RecipeCallback(seed, start_epoch)], [top_k_metric(1), top_k_metric(5), val_ce_metric()]
+    cbs = [RecipeCallback(seed, start_epoch), StopOnNonFiniteLoss()]
+    metrics = [top_k_metric(1), top_k_metric(5), val_ce_metric()]
     if recipe.soft_mask != 'none':
         sm = SoftMaskCallback(recipe.schedule(), start_epoch)
         cbs.append(sm)
@@ -238,9 +241,13 @@ def fit_run(learn, run: Run, stop_after: int | None = None, quiet: bool = False)
            CheckpointCallback(run.out, meta, run.history, run.t0)]
     if run.smooth_loss: cbs.append(RestoreSmoothLoss(run.smooth_loss))
     if run.freeze_epochs: cbs.append(FreezeBody(run.freeze_epochs, run.start))
+    bars = [c for c in learn.cbs if type(c).__name__ == 'ProgressCallback']
     if quiet:   # no progress bar and no epoch table on stdout (the history is in the checkpoint and results)
-        learn.remove_cbs([c for c in learn.cbs if type(c).__name__ == 'ProgressCallback'])
+        learn.remove_cbs(bars)
         learn.logger = noop
+    elif not sys.stdout.isatty():   # a log file: one plain line per epoch, not a bar redrawn with carriage returns
+        learn.remove_cbs(bars)
+        cbs.append(PlainProgress())
     if end > run.start: _fit(learn, end - run.start, cbs)
     run.history = cbs[1].history
     return end
@@ -272,6 +279,10 @@ def run_result(learn, run: Run) -> dict:
 # %% ../nbs/11_train.ipynb #28c1c33d
 def finish_run(learn, run: Run, end: int) -> dict:
     "The result record; when the run is complete, rank 0 writes it to `out/results.json` with a plot."
+    done = run.out / 'results.json'
+    if run.start >= run.recipe.epochs and done.exists():   # nothing trained now: the finished record stands as it is
+        try: return read_result(done)
+        except ResultError: pass                           # unreadable: written again from the checkpoint
     res = run_result(learn, run)
     if rank_distrib() != 0 or end < run.recipe.epochs: return res
     write_result(run.out / 'results.json', res)
@@ -280,14 +291,37 @@ def finish_run(learn, run: Run, end: int) -> dict:
     if run.history: plot_history(run.history, run.out / 'results.png', curve)
     return res
 
+# %% ../nbs/11_train.ipynb #926144b2
+@contextmanager
+def out_lock(out):
+    "Hold the training lock of folder `out` (rank 0); a `ValueError` naming the process that holds it already."
+    out = Path(out)
+    if rank_distrib() != 0:
+        yield
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / '.train.lock', 'a+') as f:
+        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise ValueError(f"out={str(out)!r} is being trained by process {f.read().strip() or '?'}; wait for it, "
+                             f"or choose another --out") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        try: yield
+        finally: fcntl.flock(f, fcntl.LOCK_UN)
+
 # %% ../nbs/11_train.ipynb #3b9dbdec
 def train(cfg: TrainConfig):
     "Train the run `cfg` describes; the learner, with the result record in `learn.result` (and `out/results.json`)."
     if not isinstance(cfg, TrainConfig): raise TypeError(f"train takes a TrainConfig, not {type(cfg).__name__}")
-    run = plan_run(cfg)
-    learn = build_learner(run, cfg)
-    end = fit_run(learn, run, cfg.stop_after, cfg.quiet)
-    learn.result = finish_run(learn, run, end)
+    with out_lock(cfg.out):
+        run = plan_run(cfg)
+        learn = build_learner(run, cfg)
+        end = fit_run(learn, run, cfg.stop_after, cfg.quiet)
+        learn.result = finish_run(learn, run, end)
     return learn
 
 # %% ../nbs/11_train.ipynb #69437392
@@ -318,9 +352,10 @@ def _parser():
     p.add_argument('--download', action='store_true', help="download the dataset if it is not found")
     return p
 
-def _fail(msg) -> int:
+def _fail(msg, code: int = 2) -> int:
+    "Say `msg` in one line on stderr; the exit code (2: bad input; 1: the run itself failed)."
     print(f"illama-train: error: {msg}", file=sys.stderr)
-    return 2
+    return code
 
 def check_int(name: str, value, lo: int, hi: int):
     "A `ValueError` naming `--name` unless `lo <= value <= hi` (None passes: the default applies)."
@@ -387,6 +422,9 @@ def default_out(step: str, size: str, regime: str) -> Path:
 # %% ../nbs/11_train.ipynb #1c941eec
 def plan_from_args(a) -> TrainConfig:
     "Check every argument (a `ValueError` names the first bad one); the run they ask for, as a `TrainConfig`."
+    if a.resume and a.fresh:
+        raise ValueError("--resume and --fresh contradict each other: --resume requires the checkpoint in --out, "
+                         "--fresh ignores it; pass one of them")
     step = get_step(a.step).name
     check_choice('regime', a.regime, tuple(REGIMES))
     recipe = _args_recipe(a, step)
@@ -430,16 +468,29 @@ def main(argv=None) -> int:
     a = _parser().parse_args(argv)
     try:
         cfg = plan_from_args(a)
-        run = plan_run(cfg)
+        plan_run(cfg)                               # the checkpoint in --out is checked before anything starts
     except ValueError as e: return _fail(e)
     if a.nproc > 1 and num_distrib() == 0: return _relaunch(argv, a.nproc)
-    try: learn = build_learner(run, cfg)
-    except ValueError as e: return _fail(e)       # unreadable images, a checkpoint or init that does not fit
-    try: end = fit_run(learn, run, cfg.stop_after, cfg.quiet)
+    try:
+        with out_lock(cfg.out):
+            run = plan_run(cfg)
+            learn = build_learner(run, cfg)
+            return _fit_and_finish(learn, run, cfg)
+    except ValueError as e: return _fail(e)       # the lock, unreadable images, a checkpoint or init that does not fit
+
+def _fit_and_finish(learn, run: Run, cfg: TrainConfig) -> int:
+    "Fit and write the result; 0, or one line and 1 (diverged, results not writable) or 130 (interrupted)."
+    try:
+        end = fit_run(learn, run, cfg.stop_after, cfg.quiet)
+        res = finish_run(learn, run, end)
     except KeyboardInterrupt:
         print(f"illama-train: interrupted; run the same command to resume from '{run.out / CKPT}'", file=sys.stderr)
         return 130
-    res = finish_run(learn, run, end)
+    except NonFiniteLoss as e: return _fail(f"{e}; no result was written", 1)
+    except (ResultError, OSError) as e:     # a NaN metric, a full disk: the checkpoints of the epochs stay
+        return _fail(f"the run's results could not be written ({e}); its checkpoint is {run.out / CKPT}", 1)
+    except ValueError as e:     # an image that fails in a loader worker: its last line names the file
+        return _fail(str(e).strip().splitlines()[-1])
     if rank_distrib() == 0: print(f"{_summary(res)}\nresults: {run.out / 'results.json'}")
     return 0
 

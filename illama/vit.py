@@ -233,7 +233,8 @@ def runs_materialised(q) -> bool:
 
 def image_chunks(x, image_bytes: int):
     "The batch `x` as the chunks of images a model runs one after another: one, unless 'auto' splits CPU inference."
-    return x.split(kernels.images_per_chunk(x, image_bytes)) if kernel_choice() == 'auto' else (x,)
+    if kernel_choice() != 'auto' or kernels.traced(): return (x,)         # a traced batch stays whole (and symbolic)
+    return x.split(kernels.images_per_chunk(x, image_bytes))
 
 # %% ../nbs/00_vit.ipynb #fa4cccc5
 def softmax_attention(q, k, v):
@@ -282,8 +283,8 @@ class Block(nn.Module):
         return _residual(x, self.drop_path(self.mlp(self.norm2(x))))
 
 def _residual(x, h):
-    "x + h: into `h` (the branch's fresh output) without autograd if `h` holds the sum's dtype, else a new tensor."
-    if torch.is_grad_enabled() or h.dtype != torch.promote_types(h.dtype, x.dtype): return x + h
+    "x + h: into `h` (the branch's fresh output) in eager inference if `h` holds the sum's dtype, else a new tensor."
+    if torch.is_grad_enabled() or kernels.traced() or h.dtype != torch.promote_types(h.dtype, x.dtype): return x + h
     return h.add_(x)
 
 # %% ../nbs/00_vit.ipynb #3a7d90e2

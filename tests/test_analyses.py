@@ -11,6 +11,7 @@ from illama.workshop.layout import analysis_path, checkpoint_dir, result_path
 from illama.workshop.claims import render_claims
 from illama.workshop.analyses import model_spec, trained_checkpoint, load_model, checkpoint_done
 from illama.workshop.repro import main, run_analysis, run_analyses
+from illama.workshop.runner import ALLOW_DIRTY
 
 @pytest.fixture(scope='module')
 def ds(tmp_path_factory):
@@ -19,6 +20,22 @@ def ds(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv('ILLAMA_CACHE', str(tmp_path / 'cache'))   # decoded images of the made-up data stay here
+    monkeypatch.setenv(ALLOW_DIRTY, '1')      # results go to temporary folders, from whatever tree runs the tests
+
+def test_a_dirty_tree_refuses_an_analysis_and_marks_one_allowed(tmp_path, monkeypatch):
+    from illama.workshop import runner
+    monkeypatch.delenv(ALLOW_DIRTY)
+    monkeypatch.setattr(runner, 'git_revision', lambda: 'abc1234-dirty')
+    _records(tmp_path)
+    with pytest.raises(runner.DirtyTree, match='--allow-dirty'): run_analysis('table4', 'smoke', root=tmp_path)
+    assert not analysis_path(tmp_path, 'smoke', 'table4').exists()
+    out = run_analysis('table4', 'smoke', root=tmp_path, allow_dirty=True, log=lambda s: None)
+    assert out['status'] == 'ok'
+    a = json.loads(analysis_path(tmp_path, 'smoke', 'table4').read_text())   # its revision is the real tree's
+    analysis_path(tmp_path, 'smoke', 'table4').write_text(json.dumps(dict(a, git_rev='abc1234-dirty')))
+    claims = render_claims('smoke', tmp_path)
+    line = next(l for l in claims.splitlines() if l.startswith('| Table 4: the soft mask lowers the training loss'))
+    assert ']†' in line, line
 
 def _cli(*args):
     return subprocess.run([sys.executable, '-m', 'illama.workshop.repro', *args], capture_output=True, text=True)
@@ -49,7 +66,7 @@ def test_table4_from_records_then_redrawn_without_computing(tmp_path):
     for f in ('table4.md', 'table4_curves.png'): assert (tmp_path / 'tables' / 'smoke' / f).exists()
     claims = (tmp_path / 'tables' / 'smoke' / 'claims.md').read_text()
     assert '| Table 4: the soft mask lowers the training loss | `train_loss`: iLLaMA − iLLaMA, no soft mask | -0.035 | ' \
-           '-0.100 |' in claims
+           '-0.100 [' in claims
     mtime = res.stat().st_mtime_ns
     (tmp_path / 'tables' / 'smoke' / 'table4.md').unlink()
     r = _cli('analyses', '--only', 'table4', '--regime', 'smoke', '--root', str(tmp_path))

@@ -37,7 +37,21 @@ def world(tmp_path_factory):
     trunc = t / 'trunc'
     trunc.mkdir()
     (trunc / CKPT).write_bytes((w['run'] / CKPT).read_bytes()[:5000])
+    _odd_checkpoints(t, w['run'] / CKPT)
     return w
+
+def _odd_checkpoints(t: Path, good: Path):
+    "Weights that are NaN (a state dict, and a checkpoint in --out), and a checkpoint whose metadata is null."
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+    with safe_open(str(good), 'pt') as f: md = f.metadata()
+    tensors = load_file(str(good))
+    nan = {k: torch.full_like(v, float('nan')) if k.startswith('model.') and v.is_floating_point() else v
+           for k, v in tensors.items()}
+    torch.save({k[6:]: v for k, v in nan.items() if k.startswith('model.')}, t / 'nan.pth')
+    for name, ts, meta in (('nometa', tensors, dict(md, meta='null')), ('nanckpt', nan, md)):
+        (t / name).mkdir()
+        save_file(ts, t / name / CKPT, metadata=meta)
 
 def _snapshot(folder: Path) -> dict:
     return {str(p): hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(Path(folder).rglob('*')) if p.is_file()}
@@ -80,6 +94,12 @@ TRAIN_CASES = [   # (arguments, what the message must say)
     (['--out', '{run}', '--seed', '7'], "holds a checkpoint of another run (seed: 0 (checkpoint) vs 7 (asked))"),
     (['--out', '{run}', '--step', '+ LLaMA FFN'], "step: 'ViT' (checkpoint) vs '+ LLaMA FFN' (asked)"),
     (['--out', '{t}/trunc'], "checkpoint '{t}/trunc/checkpoint.safetensors' cannot be read"),
+    (['--resume', '--fresh', '--out', '{run}'], '--resume and --fresh contradict each other'),
+    (['--cache', '{t}/afile/sub'], "cache='{t}/afile/sub' cannot be made"),
+    (['--data', '{broken}', '--pipeline', 'stream'], "image '{broken}/train/n00000001/img2.png' cannot be decoded"),
+    (['--init', '{t}/nan.pth'], "init='{t}/nan.pth': tensor"),
+    (['--out', '{t}/nometa'], 'holds no run metadata (meta=None'),
+    (['--out', '{t}/nanckpt'], "checkpoint.safetensors': tensor 'model."),
 ]
 
 @pytest.mark.parametrize('args,msg', TRAIN_CASES, ids=[' '.join(a)[:40] for a, _ in TRAIN_CASES])
@@ -219,3 +239,116 @@ def test_illama_docs_commands_exit_2_without_a_traceback(docs_places):
         assert r.returncode == 2 and "--out=" in r.stderr and 'it is a file' in r.stderr, r.stderr
         assert 'Traceback' not in r.stderr and r.stderr.count('\n') == 1 and r.stdout == '', r.stderr
     assert (Path(docs_places['t']) / 'afile').read_text() == 'keep me'
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Non-finite numbers and records of the wrong type: never a result (issue 38, classes 2 and 4)
+
+def test_records_are_strict_json_and_typed(tmp_path):
+    "A NaN anywhere in a record is refused on writing, and read back as an error naming the file; so is a wrong type."
+    from illama.results import ResultError
+    p = tmp_path / 'vit__seed0.json'
+    with pytest.raises(ResultError, match='cannot be written as strict JSON'):
+        write_result(p, dict(status='ok', top1=50.0, history=[dict(epoch=1, train_loss=float('nan'))]))
+    assert not p.exists()
+    p.write_text('{"status": "ok", "top1": 50.0, "train_loss": NaN}')
+    with pytest.raises(ResultError, match=f'{p}: not a readable JSON file.*NaN is not a number in strict JSON'):
+        read_result(p)
+    for field, value in (('train_loss', '"1.5"'), ('history', '{}'), ('config', '[]'), ('git_rev', '1234567')):
+        p.write_text(f'{{"status": "ok", "top1": 50.0, "{field}": {value}}}')
+        with pytest.raises(ResultError, match=f'{p}: {field}='): read_result(p)
+
+@pytest.mark.parametrize('name,record,why', [
+    ('lpe__seed0.json', dict(run_id='vit', seed=0), 'disagree with the file'),           # counted in another row
+    ('vit__seed1.json', dict(run_id='vit', seed=0), 'disagree with the file'),           # a seed counted twice
+    ('vit__seed0 (copy).json', dict(run_id='vit', seed=0), 'the name is not'),
+    ('vit__seed2.json', dict(run_id='vit', seed=2, train_loss='0.9'), "train_loss='0.9' is not a finite number"),
+])
+def test_a_record_that_disagrees_with_its_file_counts_nowhere(tmp_path, name, record, why):
+    spec = get_rows('table17', ['ViT'])[0]
+    write_result(result_path(tmp_path, 'cpu', spec, 0), dict(run_id='vit', seed=0, status='ok', top1=60.0))
+    bad = results_dir(tmp_path, 'cpu') / name
+    bad.write_text(json.dumps(dict(record, status='ok', top1=99.0)))
+    res = load_results(results_dir(tmp_path, 'cpu'))
+    assert [r['seed'] for r in res['vit']] == [0] and 'lpe' not in res, res
+    assert any(why in w and str(bad) in w for ws in res.corrupt.values() for w in ws), res.corrupt
+    md = render_table('table17', 'cpu', tmp_path)
+    assert '| ViT | 73.8 | 81.5 | 3.451 | 2.828 | 60.0 |' in md and '**corrupt**' in md
+
+@pytest.mark.parametrize('bad,msg', [(dict(epochs=0), 'epochs=0 is not allowed'), (dict(epochs=-5), 'epochs=-5'),
+                                     (dict(epochs=2.5), 'epochs=2.5 is not allowed; it must be an integer'),
+                                     (dict(epochs=float('nan')), 'epochs=nan'), (dict(batch_size=0), 'batch_size=0'),
+                                     (dict(label_smoothing=2.0), 'label_smoothing=2.0 is not allowed')])
+def test_recipes_refuse_numbers_out_of_range(bad, msg):
+    "`Recipe`, `step_recipe` and `plan_run` refuse them; `epochs=0` is an error, never 'the regime's epochs'."
+    from illama.train import TrainConfig, plan_run
+    rec = step_recipe('ViT', 'tiny', 'smoke')
+    with pytest.raises(ValueError, match=msg): rec.replace(**bad)
+    if 'epochs' in bad:
+        with pytest.raises(ValueError, match=msg): step_recipe('ViT', 'tiny', 'smoke', epochs=bad['epochs'])
+        with pytest.raises(ValueError, match=msg): plan_run(TrainConfig('ViT', regime='smoke', epochs=bad['epochs']))
+
+def test_illama_eval_refuses_unusable_weights(world, tmp_path, capsys):
+    "NaN weights, zero-byte and cut-short files: one line naming the file, exit 2, never a 'perfectly calibrated' NaN."
+    import timm
+    from illama.evaluate import main as eval_main
+    full = timm.create_model('illama_tiny')
+    torch.save({k: torch.full_like(v, float('nan')) if v.is_floating_point() else v
+                for k, v in full.state_dict().items()}, tmp_path / 'nan.pth')
+    (tmp_path / 'empty.pth').write_bytes(b'')
+    (tmp_path / 'empty.safetensors').write_bytes(b'')
+    for name, says in (('nan.pth', 'holds NaN or infinite values'), ('empty.pth', 'cannot be loaded'),
+                       ('empty.safetensors', 'cannot be loaded')):
+        code, err = _run_main(eval_main, ['--model', 'illama_tiny.in1k', '--checkpoint', str(tmp_path / name),
+                                          '--data', str(world['ds']), '--workers', '0'], capsys)
+        assert code == 2 and says in err and name in err and 'Traceback' not in err, err
+        assert err.count('\n') == 1, err
+
+def test_illama_train_logs_plain_lines_when_not_a_terminal(world, tmp_path):
+    "Redirected to a file, illama-train writes one line per epoch and no carriage-return progress bar."
+    r = subprocess.run([str(Path(sys.executable).parent / 'illama-train'), '--step', 'ViT', *SMOKE, '--epochs', '2',
+                        '--data', str(world['ds']), '--out', str(tmp_path / 'run'), '--cache', str(world['t'] / 'c')],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert '\r' not in r.stdout and '\r' not in r.stderr
+    epochs = [l for l in r.stdout.splitlines() if l.startswith('epoch ')]
+    assert len(epochs) == 2 and 'train_loss' in epochs[0], r.stdout
+
+def test_illama_eval_names_an_image_that_fails_in_a_loader_worker(tmp_path, capsys):
+    "A broken validation image decoded by a worker process: one line naming it, exit 2 (not the worker's traceback)."
+    from illama.evaluate import main as eval_main
+    ds = fake_imagenet(tmp_path / 'ds', n_classes=2, n_train=1, n_val=4)
+    for split in ('train', 'val'):                       # ImageNet-1K's WordNet ids, as the released models' classes
+        for old, new in (('n00000000', 'n01440764'), ('n00000001', 'n02102040')): (ds / split / old).rename(ds / split / new)
+    bad = ds / 'val' / 'n02102040' / 'img1.png'
+    bad.write_bytes(bad.read_bytes()[:60])
+    import timm
+    torch.save(dict(model=timm.create_model('illama_tiny').state_dict()), tmp_path / 'tiny.pth')
+    code, err = _run_main(eval_main, ['--model', 'illama_tiny.in1k', '--checkpoint', str(tmp_path / 'tiny.pth'),
+                                      '--data', str(ds), '--workers', '2', '--batch-size', '2'], capsys)
+    assert code == 2 and f"image {str(bad)!r} cannot be decoded" in err and 'Traceback' not in err, err
+    assert err.count('\n') == 1, err
+
+def test_a_second_illama_train_into_a_live_run_stops(world, tmp_path, capsys):
+    "While another process trains into --out (it holds the folder's lock), illama-train stops at once, naming it."
+    out = tmp_path / 'live'
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, '-c', "import fcntl, os, sys; f = open(sys.argv[1], 'a+'); "
+                               "fcntl.flock(f, fcntl.LOCK_EX); f.write(str(os.getpid())); f.flush(); print('held', flush=True); "
+                               "sys.stdin.read()", str(out / '.train.lock')], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == 'held'
+        code, err = _run_main(train_main, ['--step', 'ViT', *SMOKE, '--data', str(world['ds']), '--out', str(out)], capsys)
+    finally: holder.communicate('')
+    assert code == 2 and f'is being trained by process {holder.pid}' in err and 'Traceback' not in err, err
+    assert not (out / CKPT).exists()
+
+def test_rerunning_a_finished_run_leaves_its_record_as_it_was(world, tmp_path, capsys):
+    "The same command again finds the run finished: nothing is trained and results.json is not rewritten."
+    out = tmp_path / 'again'
+    args = ['--step', 'ViT', *SMOKE, '--data', str(world['ds']), '--out', str(out), '--cache', str(world['t'] / 'c')]
+    assert _run_main(train_main, args, capsys)[0] == 0
+    before = (out / 'results.json').read_bytes()
+    assert _run_main(train_main, args, capsys)[0] == 0
+    assert (out / 'results.json').read_bytes() == before

@@ -7,7 +7,8 @@ from illama.results import read_result, write_result
 from illama.workshop.rows import TABLES, get_rows
 from illama.workshop.tables import render_table
 from illama.workshop.layout import result_path, run_notebook_path, checkpoint_dir
-from illama.workshop.runner import run_lock, run_row
+from illama.workshop import runner
+from illama.workshop.runner import ALLOW_DIRTY, run_lock, run_row
 from illama.workshop.repro import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -15,6 +16,43 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope='module')
 def ds(tmp_path_factory):
     return fake_imagenet(tmp_path_factory.mktemp('data') / 'ds', n_classes=3, n_train=11, n_val=3)   # 33 >= one batch of 32
+
+@pytest.fixture(autouse=True)
+def allow_dirty(monkeypatch):
+    "These tests record into temporary folders from whatever tree runs them, committed or not (see the dirty tests)."
+    monkeypatch.setenv(ALLOW_DIRTY, '1')
+
+def test_a_dirty_tree_refuses_to_record_and_names_the_flag(ds, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv(ALLOW_DIRTY)
+    monkeypatch.setattr(runner, 'git_revision', lambda: 'abc1234-dirty')     # made up: the repository stays as it is
+    args = ['table17', '--rows', 'ViT', '--regime', 'smoke', '--epochs', '1', '--data', str(ds), '--root', str(tmp_path)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('illama-repro: error: the package or notebooks have uncommitted changes (revision abc1234-dirty)')
+    assert '--allow-dirty' in err and not list(tmp_path.rglob('*.json')) and not list(tmp_path.rglob('*.ipynb'))
+    with pytest.raises(runner.DirtyTree, match='allow_dirty=True'):
+        runner.train_row('table17', 'ViT', 'smoke', data=ds, epochs=1, root=tmp_path)
+
+def test_allow_dirty_records_and_every_table_marks_it(ds, tmp_path, monkeypatch):
+    "With the flag the row is recorded (its chapter's kernel sees the flag); its seed and the claims that use it get a †."
+    monkeypatch.delenv(ALLOW_DIRTY)
+    monkeypatch.setattr(runner, 'git_revision', lambda: 'abc1234-dirty')
+    spec = get_rows('table17', ['+ LLaMA FFN'])[0]
+    r = run_row(spec, 'smoke', 0, tmp_path, data=ds, epochs=1, allow_dirty=True)
+    assert r['status'] == 'ok', r.get('error')
+    assert ALLOW_DIRTY not in os.environ                                       # set only while the chapter ran
+    rec = read_result(result_path(tmp_path, 'smoke', spec, 0))
+    write_result(result_path(tmp_path, 'smoke', spec, 0), dict(rec, git_rev='abc1234-dirty'))  # the kernel's own tree
+    vit = get_rows('table17', ['ViT'])[0]
+    for seed, acc in ((0, 40.0), (1, 42.0)):
+        write_result(result_path(tmp_path, 'smoke', vit, seed), dict(run_id=vit.run_id, seed=seed, status='ok', top1=acc,
+                     git_rev='abc1234'))
+    assert main(['tables', '--regime', 'smoke', '--root', str(tmp_path)]) == 0
+    t17 = (tmp_path / 'tables' / 'smoke' / 'table17.md').read_text()
+    assert '| + LLaMA FFN |' in t17 and '| 0† |' in t17 and '† recorded from a tree with uncommitted changes' in t17
+    claims = (tmp_path / 'tables' / 'smoke' / 'claims.md').read_text()
+    line = next(l for l in claims.splitlines() if l.startswith('| 6 | SwiGLU (LLaMA FFN) helps |'))
+    assert ']†' in line, line
 
 def test_a_row_runs_through_its_chapter_then_is_skipped_then_forced(ds, tmp_path):
     spec = get_rows('table1', ['causal + PS [cls]'])[0]
@@ -82,8 +120,9 @@ def test_tables_rebuild_from_results_without_training(tmp_path, capsys):
     assert '| + LPE | 73.2 | 81.2 | 3.531 | 2.839 | 62.0 ± 1.4 | 1.200 ± 0.000 | 0,1 | 15.0 ± 0.0 | ok |' in md
     assert {p.name for p in (tmp_path / 'tables' / 'cpu').glob('*.md')} == {f'{t}.md' for t in TABLES} | {'claims.md'}
     claims = (tmp_path / 'tables' / 'cpu' / 'claims.md').read_text()   # one row with two seeds: sigma = sd(61, 63)
-    assert 'σ = 1.41 points' in claims
-    assert '| RoPE + LPE beats RoPE alone | `+ LPE` − `+ LLaMA P.E. (RoPE)` | +0.6 | ? | – | 2 / 0 | not run |' in claims
+    assert 'σ = 1.41 points (1 df)' in claims
+    assert '| 10 | RoPE + LPE beats RoPE alone | +0.6 | ? | 2 / 0 | not run |' in claims
+    assert (tmp_path / 'tables' / 'cpu' / 'claims_forest.png').exists() is False     # no claim has an interval yet
 
 def test_committed_tables_rebuild_byte_for_byte(tmp_path):
     "`illama-repro tables` on a copy of the committed results writes exactly the committed tables."
@@ -93,3 +132,4 @@ def test_committed_tables_rebuild_byte_for_byte(tmp_path):
     assert main(['tables', '--regime', 'cpu', '--root', str(tmp_path)]) == 0
     for p in sorted((exp / 'tables' / 'cpu').glob('*.md')):
         assert (tmp_path / 'tables' / 'cpu' / p.name).read_text() == p.read_text(), p.name
+    assert (tmp_path / 'tables' / 'cpu' / 'claims_forest.png').stat().st_size > 0

@@ -22,7 +22,7 @@ from .runner import done_record, run_lock, run_row, train_row
 __all__ = ['MODELS', 'ANALYSIS_SEEDS', 'ANALYSES', 'AUTHORS_RUNS', 'model_spec', 'checkpoint_done', 'trained_checkpoint',
            'load_model', 'trained_model', 'val_set', 'val_subset', 'denormalise', 'predict', 'top1', 'Analysis',
            'get_analysis', 'analysis_outputs', 'per_model', 'authors_logs_dir', 'read_authors_log', 'soft_mask_dip',
-           'compute_table4', 'render_table4_md', 'plot_table4', 'render_table4']
+           'compute_table4', 'data_seeds', 'dirty_note', 'render_table4_md', 'plot_table4', 'render_table4']
 
 # %% ../../nbs/16_analyses.ipynb #f44a35b1
 MODELS = {'ViT': ('table17', 'ViT'), 'iLLaMA': ('table17', '+ soft mask'),
@@ -259,6 +259,19 @@ def _t4_dips(res: dict) -> str:
     return ("The authors' logs (last epoch, train / test loss), from " + res['authors_source'] + ". " +
             '; '.join(parts) + '.')
 
+# %% ../../nbs/16_analyses.ipynb #469b7dad
+def data_seeds(res: dict) -> str:
+    "The seeds behind an analysis's numbers, read from its `metrics` (never the seeds it was asked for): '2, 3'."
+    seeds = {s for per in res.get('metrics', {}).values() for vals in per.values() for s, v in (vals or {}).items()
+             if v is not None}
+    return ', '.join(sorted(seeds, key=int)) or '–'
+
+def dirty_note(res: dict) -> str:
+    "A sentence, marked †, when the analysis was computed from a tree with uncommitted changes; else ''."
+    rev = str(res.get('git_rev') or '')
+    return (f" † Computed at revision `{rev}`: the package or notebooks had uncommitted changes, so this code cannot "
+            f"be checked out (chapter 14b)." if rev.endswith('-dirty') else '')
+
 # %% ../../nbs/16_analyses.ipynb #ab3d05ec
 def render_table4_md(res: dict) -> str:
     "Table 4: the paper's losses, the authors' logs and ours."
@@ -268,8 +281,8 @@ def render_table4_md(res: dict) -> str:
              '| ' + ' | '.join(cols) + ' |', '|---' * len(cols) + '|', *_t4_paper(res), *_t4_ours(res), '',
              _t4_deltas(res), '', _t4_dips(res), '',
              f"Ours: the last epoch of `+ soft mask` and `+ data aug.` (Table 3's 'no soft mask'), mean ± sd over "
-             f"seeds {', '.join(map(str, res['seeds']))}; training loss on mixed-up, label-smoothed targets, test "
-             f"loss the validation cross-entropy. {REGIME_NOTES.get(res['regime'], '')}.", '']
+             f"seeds {data_seeds(res)}; training loss on mixed-up, label-smoothed targets, test "
+             f"loss the validation cross-entropy. {REGIME_NOTES.get(res['regime'], '')}.{dirty_note(res)}", '']
     return '\n'.join(lines)
 
 # %% ../../nbs/16_analyses.ipynb #7d17e1c7

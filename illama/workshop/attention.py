@@ -13,7 +13,7 @@ from ..data import write_text_atomic, find_data
 from .. import paper
 from ..vit import use_kernels
 from .rows import REGIME_NOTES
-from .analyses import trained_model, val_subset, val_set, denormalise
+from .analyses import trained_model, val_subset, val_set, denormalise, data_seeds, dirty_note
 
 # %% auto #0
 __all__ = ['block_attention', 'attention_maps', 'cumulative_energy', 'energy_rank', 'numerical_rank', 'rank_of_model',
@@ -159,10 +159,11 @@ def render_rank_md(res: dict) -> str:
     lines += ['', f"Paper (N = {p['tokens']}, layer 1 head 1, {p['images']} images): ViT {p['vit_rank']} "
               f"({p['vit_rank'] / p['tokens']:.2f} N), iLLaMA {p['illama_rank']} ({p['illama_rank'] / p['tokens']:.2f}"
               f" N), difference {p['difference']}. Ours (N = {n}, {len(res['images'])} fixed validation images, "
-              f"seeds {', '.join(map(str, res['seeds']))}): mean over every layer and head ViT {mean['ViT']:.1f} "
+              f"seeds {data_seeds(res)}): mean over every layer and head ViT {mean['ViT']:.1f} "
               f"({mean['ViT'] / n:.2f} N), iLLaMA {mean['iLLaMA']:.1f} ({mean['iLLaMA'] / n:.2f} N). Numerical rank "
               f"(σ > σ_max·N·ε), mean over heads: ViT {num['ViT']}, iLLaMA {num['iLLaMA']} of {n}: full rank for "
-              f"both, which is why the paper's 0.8-energy index is used. {REGIME_NOTES.get(res['regime'], '')}.", '']
+              f"both, which is why the paper's 0.8-energy index is used. {REGIME_NOTES.get(res['regime'], '')}."
+              f"{dirty_note(res)}", '']
     return '\n'.join(lines)
 
 def render_rank(res: dict, folder) -> list[Path]:
@@ -278,9 +279,9 @@ def render_gradcam_md(res: dict) -> str:
              '| agreement of the maps (mean Pearson correlation over images) | r |', '|---|---|',
              *(f'| {k} | {v:.3f} |' for k, v in res['agreement'].items()), '',
              f"{res['n_images']} fixed validation images, the true class as target; seeds "
-             f"{', '.join(map(str, res['seeds']))}. A flat map would put {res['flat_share']:.3f} of its mass on the "
+             f"{data_seeds(res)}. A flat map would put {res['flat_share']:.3f} of its mass on the "
              f"centre. The paper gives no number: Fig. 12 shows iLLaMA-S's maps beside DeiT-S's and finds them alike. "
-             f"{REGIME_NOTES.get(res['regime'], '')}.", '']
+             f"{REGIME_NOTES.get(res['regime'], '')}.{dirty_note(res)}", '']
     return '\n'.join(lines)
 
 def render_gradcam(res: dict, folder) -> list[Path]:

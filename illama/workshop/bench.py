@@ -4,7 +4,7 @@
 
 # %% ../../nbs/08_benchmark.ipynb #62ba59ce
 from __future__ import annotations
-import argparse, ctypes, gc, json, os, resource, statistics, sys, time
+import argparse, ctypes, gc, importlib, itertools, json, os, resource, statistics, sys, tempfile, time
 import multiprocessing as mp
 from contextlib import nullcontext
 from pathlib import Path
@@ -18,13 +18,16 @@ from ..vit import image_chunks, use_kernels
 from ..paper import TABLE6
 from ..data import write_text_atomic
 from ..results import fmt
+from ..deploy import export_onnx, export_program, load_model, onnx_session, quantize, run_onnx
+from .layout import tables_dir
 
 # %% auto #0
-__all__ = ['BENCH_SIZES', 'NAMES', 'MODES', 'CPU_SHAPE', 'KERNELS_OF', 'TARGETS', 'ALLOCATOR_ENV', 'split_variant', 'ImageChunks',
-           'build', 'kernels_of', 'minor_faults', 'interleaved', 'spread', 'paired_ratio', 'inference_fn',
-           'train_step_fn', 'peak_memory_mb', 'macs_per_image', 'causal_zero_macs', 'bench_inference', 'bench_train',
-           'bench_memory', 'cpu_name', 'targets', 'run_benchmark', 'targets_table', 'markdown_report', 'profile_table',
-           'command_line', 'main']
+__all__ = ['BENCH_SIZES', 'NAMES', 'MODES', 'CPU_SHAPE', 'KERNELS_OF', 'TARGETS', 'DEPLOY_WAYS', 'DEPLOY_MODELS', 'DEFAULT_OUT',
+           'ALLOCATOR_ENV', 'split_variant', 'ImageChunks', 'build', 'kernels_of', 'minor_faults', 'interleaved',
+           'spread', 'paired_ratio', 'inference_fn', 'train_step_fn', 'peak_memory_mb', 'macs_per_image',
+           'causal_zero_macs', 'bench_inference', 'bench_train', 'bench_memory', 'cpu_name', 'targets', 'run_benchmark',
+           'targets_table', 'markdown_report', 'profile_table', 'deploy_fns', 'bench_deploy', 'deploy_targets',
+           'deploy_report', 'int8_top1', 'command_line', 'main']
 
 # %% ../../nbs/08_benchmark.ipynb #88c3d1ec
 BENCH_SIZES = {'T': ('tiny', 'vit_tiny_patch16_224', 'Ti'), 'S': ('small', 'vit_small_patch16_224', 'S'),
@@ -425,7 +428,95 @@ def profile_table(size='T', batch=64, img_size=224, device='cpu', row_limit=12) 
                    p.key_averages().table(sort_by='self_cpu_time_total', row_limit=row_limit))
     return '\n'.join(out)
 
+# %% ../../nbs/08_benchmark.ipynb #0124e93e
+DEPLOY_WAYS = ('float32', 'exported', 'onnxruntime', 'int8')    # chapter 13c's ways to run a model on the CPU
+DEPLOY_MODELS = {'deit': 'deit_tiny_patch16_224', 'illama': 'illama_tiny'}
+
+def deploy_fns(name: str, img_size: int, folder) -> dict:
+    "Chapter 13c's four ways to run timm model `name`, each a function of a batch: eager, exported, ORT, int8."
+    m = load_model(name, img_size)
+    sess = onnx_session(export_onnx(m, Path(folder) / f'{name}.onnx'))
+    return {'float32': m, 'exported': export_program(m).module(), 'onnxruntime': lambda x: run_onnx(sess, x),
+            'int8': quantize(m)}
+
+# %% ../../nbs/08_benchmark.ipynb #e820dd05
+def _timed(fns: dict, x, repeats: int, warmup: int, log=None) -> dict:
+    "Seconds per call of each of `fns` without autograd, interleaved; `x` a batch, or a list of images to cycle."
+    xs = x if isinstance(x, list) else [x]
+    calls = {k: (lambda f=f, it=itertools.cycle(xs): f(next(it))) for k, f in fns.items()}
+    with torch.inference_mode(): return interleaved(calls, repeats, warmup, log=log)
+
+def _deploy_settings(img_size, batch, latency_images, repeats, warmup) -> dict:
+    ort = importlib.import_module('onnxruntime')
+    return dict(device='cpu', device_name=f'{cpu_name()}, {torch.get_num_threads()} threads', torch=torch.__version__,
+                timm=timm.__version__, onnxruntime=ort.__version__, img_size=img_size, batch=batch,
+                latency_images=latency_images, repeats=repeats, warmup=warmup, load_before=os.getloadavg()[0])
+
+def bench_deploy(img_size=224, batch=64, latency_images=50, repeats=5, warmup=1, log=print) -> dict:
+    "DeiT-Ti and iLLaMA-T, each run the four ways: batch-1 latency (one image a call) and batch throughput."
+    st = _deploy_settings(img_size, batch, latency_images, repeats, warmup)
+    with tempfile.TemporaryDirectory() as tmp:
+        fns = {f'{m}/{w}': f for m, name in DEPLOY_MODELS.items() for w, f in deploy_fns(name, img_size, tmp).items()}
+        torch.manual_seed(0)
+        if log: log(f'batch-1 latency, {latency_images} images')
+        one = _timed(fns, list(torch.randn(latency_images, 1, 3, img_size, img_size)), latency_images, warmup)
+        if log: log(f'batch {batch}, {repeats} repeats')
+        many = _timed(fns, torch.randn(batch, 3, img_size, img_size), repeats, warmup, log)
+    rows = {m: {w: dict(latency_ms=1e3 * statistics.median(one[f'{m}/{w}']), latency_times=one[f'{m}/{w}'],
+                        img_s=batch / statistics.median(many[f'{m}/{w}']), times=many[f'{m}/{w}'])
+                for w in DEPLOY_WAYS} for m in DEPLOY_MODELS}
+    st['load_after'] = os.getloadavg()[0]
+    return dict(settings=st, ways=list(DEPLOY_WAYS), rows=rows, targets=deploy_targets(rows))
+
+# %% ../../nbs/08_benchmark.ipynb #191d9e4f
+def deploy_targets(rows) -> list:
+    "The issue's two goals: iLLaMA-T int8 ≥ 2× DeiT-Ti float32 images/s; iLLaMA-T float32 latency ≤ DeiT-Ti's."
+    d, i = rows['deit'], rows['illama']
+    return [_target('iLLaMA-T int8 vs DeiT-Ti float32, batch images/s',
+                    paired_ratio(d['float32']['times'], i['int8']['times']), 2.0, True),
+            _target('iLLaMA-T float32 vs DeiT-Ti float32, batch-1 latency',
+                    paired_ratio(i['float32']['latency_times'], d['float32']['latency_times']), 1.0, False)]
+
+# %% ../../nbs/08_benchmark.ipynb #cd8556fa
+def deploy_report(res, command: str = '') -> str:
+    "The deployment table as markdown: latency and throughput per way, each iLLaMA-T number against DeiT-Ti's."
+    st, r = res['settings'], res['rows']
+    lines = [f"# Deploying iLLaMA-T against DeiT-Ti ({st['device_name']})", '',
+             f"Each model run four ways (chapter 13c), the calls interleaved: batch-1 latency is the median over "
+             f"{st['latency_images']} single images, throughput the median of {st['repeats']} batches of "
+             f"{st['batch']} ({st['img_size']}² images, after {st['warmup']} warm-up). Ratios are iLLaMA-T against "
+             f"DeiT-Ti run the same way, call by call: the median of the paired ratios, their range in brackets. "
+             f"torch {st['torch']}, timm {st['timm']}, onnxruntime {st['onnxruntime']}; load average "
+             f"{st['load_before']:.2f} before, {st['load_after']:.2f} after.", '']
+    if command: lines += ['```', command, '```', '']
+    if st.get('note'): lines += [f"**Note:** {st['note']}", '']
+    lines += ['| way | DeiT-Ti latency (ms) | iLLaMA-T latency (ms) | iLLaMA / DeiT latency | DeiT-Ti images/s '
+              '| iLLaMA-T images/s | iLLaMA / DeiT images/s |', '|' + '---|' * 7]
+    for w in res['ways']:
+        d, i = r['deit'][w], r['illama'][w]
+        lines.append(f"| {w} | {d['latency_ms']:.1f} | {i['latency_ms']:.1f} "
+                     f"| {_paired(paired_ratio(i['latency_times'], d['latency_times']))} | {d['img_s']:.1f} "
+                     f"| {i['img_s']:.1f} | {_paired(paired_ratio(d['times'], i['times']))} |")
+    lines += ['', '| target | measured | goal | met |', '|---|---|---|---|']
+    lines += [f"| {t['name']} | {_paired(dict(median=t['ratio'], min=t['low'], max=t['high']))} | {t['goal']} | "
+              f"{'yes' if t['met'] else '**no**'} |" for t in res['targets']]
+    return '\n'.join(lines) + '\n'
+
+# %% ../../nbs/08_benchmark.ipynb #4de1d5a5
+def int8_top1(regime: str = 'cpu', seed: int = 2, data=None, root='experiments', log=print) -> dict:
+    "Top-1 of a trained `regime` iLLaMA on its validation images, float32 and int8 (`quantize`), and the difference."
+    from illama.workshop.analyses import predict, top1, trained_checkpoint, val_set
+    from illama.workshop.analyses import load_model as load_trained
+    ck = trained_checkpoint('iLLaMA', regime, seed, root, data, log)
+    m, (x, y) = load_trained(ck), val_set(regime, data)
+    with torch.inference_mode(): f, q = predict(m, x), predict(quantize(m), x)
+    a, b = top1(f, y), top1(q, y)
+    return dict(regime=regime, seed=seed, checkpoint=str(ck), images=len(y), float32_top1=a, int8_top1=b,
+                diff=b - a, agree=(f.argmax(1) == q.argmax(1)).float().mean().item())
+
 # %% ../../nbs/08_benchmark.ipynb #d21c4471
+DEFAULT_OUT = 'runs/bench/throughput_{device}.md'
+
 def _parser():
     p = argparse.ArgumentParser(prog='illama-bench', allow_abbrev=False,
                                 description="iLLaMA against timm's DeiT: inference images/s, training step, peak "
@@ -442,8 +533,15 @@ def _parser():
                    help='also time DeiT and iLLaMA under torch.compile (minutes to compile)')
     p.add_argument('--bf16', action='store_true', help='also time DeiT and iLLaMA under bf16 autocast')
     p.add_argument('--profile', action='store_true', help='append profiler tables of iLLaMA and DeiT inference')
+    p.add_argument('--deploy', action='store_true',
+                   help='only the deployment table of chapter 13c (DeiT-Ti and iLLaMA-T: eager, exported, ONNX, int8)')
+    p.add_argument('--latency-images', type=int, default=50, help='--deploy: single images timed for the latency')
+    p.add_argument('--int8-top1', action='store_true',
+                   help="only float32 vs int8 top-1 of a trained cpu-regime iLLaMA (trains it if missing; --data)")
+    p.add_argument('--data', default=None, help='--int8-top1: the Imagenette-160 folder')
+    p.add_argument('--root', default='experiments', help='--int8-top1: the experiments folder')
     p.add_argument('--threads', type=int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument('--out', default='runs/bench/throughput_{device}.md', help='markdown output ({device} filled in)')
+    p.add_argument('--out', default=DEFAULT_OUT, help='markdown output ({device} filled in)')
     return p
 
 # %% ../../nbs/08_benchmark.ipynb #d21c4472
@@ -456,6 +554,8 @@ def _check(a):
     for name in ('batch', 'repeats', 'threads'):
         v = getattr(a, name)
         if v is not None and v < 1: raise ValueError(f"--{name}={v} is not allowed; it must be a positive integer")
+    if a.latency_images < 1: raise ValueError(f'--latency-images={a.latency_images} must be a positive integer')
+    if a.deploy and a.out == DEFAULT_OUT: a.out = DEFAULT_OUT.replace('throughput', 'deploy')
     if a.warmup < 0: raise ValueError(f'--warmup={a.warmup} is not allowed; it must be >= 0')
     if a.img_size < 16 or a.img_size % 16:
         raise ValueError(f'--img-size={a.img_size} is not allowed; use a multiple of 16')
@@ -491,6 +591,7 @@ def main(argv=None) -> int:
         return 2
     if a.threads: torch.set_num_threads(a.threads)
     log = lambda s: print(s, flush=True)
+    if a.int8_top1 or a.deploy: return _deploy_main(a, argv, out, log)
     res = run_benchmark(a.sizes, a.batch, a.img_size, a.repeats, a.warmup, a.device, not a.no_train,
                         not a.no_memory, a.compile, a.bf16, log)
     prof = profile_table('T', res['settings']['batch'], a.img_size, res['settings']['device']) if a.profile else ''
@@ -499,6 +600,21 @@ def main(argv=None) -> int:
     write_text_atomic(out.with_suffix('.json'), json.dumps(res, indent=1, default=str))
     print(md, flush=True)
     log(f'wrote {out} and {out.with_suffix(".json")}')
+    return 0
+
+def _deploy_main(a, argv, out, log) -> int:
+    "`--int8-top1`: the accuracy file beside the cpu regime's tables; `--deploy`: the deployment table at `out`."
+    if a.int8_top1:
+        res = dict(int8_top1(data=a.data, root=a.root, log=log), command=command_line(argv))
+        path = tables_dir(a.root, 'cpu') / 'deploy_int8_top1.json'
+        write_text_atomic(path, json.dumps(res, indent=1))
+        log(f"float32 {res['float32_top1']:.2f} %, int8 {res['int8_top1']:.2f} % ({res['diff']:+.2f}); wrote {path}")
+        return 0
+    res = bench_deploy(a.img_size, a.batch or 64, a.latency_images, a.repeats, a.warmup, log)
+    md = deploy_report(res, command_line(argv))
+    write_text_atomic(out, md)
+    write_text_atomic(out.with_suffix('.json'), json.dumps(res, indent=1, default=str))
+    print(md, flush=True)
     return 0
 
 # %% ../../nbs/08_benchmark.ipynb #d21c4474

@@ -14,7 +14,7 @@ from .rows import TABLES, RowSpec, get_rows
 from .layout import analysis_notebook_path, analysis_path, tables_dir
 from .tables import write_tables
 from .analyses import ANALYSES, ANALYSIS_SEEDS, Analysis, get_analysis
-from .runner import done_record, execute_or_record, run_row
+from .runner import DirtyTree, check_clean, dirty_allowed, done_record, execute_or_record, run_row
 
 # %% auto #0
 __all__ = ['analysis_functions', 'render_analysis', 'run_analysis', 'run_analyses', 'redraw_analyses', 'plan_rows', 'main']
@@ -32,11 +32,12 @@ def render_analysis(name: str, res: dict, root='experiments', regime='cpu') -> l
     return analysis_functions(get_analysis(name))[1](res, folder)
 
 def run_analysis(name: str, regime: str, seeds=ANALYSIS_SEEDS, data=None, root='experiments', force=False,
-                 log=print, **kw) -> dict:
+                 log=print, allow_dirty: bool = False, **kw) -> dict:
     "Compute analysis `name` for `regime` (or read its result), write the result file, the table and the figures."
     path = analysis_path(root, regime, name)
     if (res := done_record(path, read_analysis)) and not force: log(f'skip analysis {name}: done ({path})')
     else:
+        check_clean(allow_dirty, f'the result of analysis {name}')
         t0 = time.time()
         res = analysis_functions(get_analysis(name))[0](regime, seeds=tuple(seeds), data=data, root=root, log=log,
                                                          force=force, **kw)
@@ -47,7 +48,7 @@ def run_analysis(name: str, regime: str, seeds=ANALYSIS_SEEDS, data=None, root='
 
 # %% ../../nbs/15_repro.ipynb #4c92b50c
 def run_analyses(names=None, regime='cpu', seeds=ANALYSIS_SEEDS, root='experiments', data=None, force=False,
-                 timeout=None, log=print, **kw) -> int:
+                 timeout=None, log=print, allow_dirty: bool = False, **kw) -> int:
     "Run analyses (all by default) through their chapters, or redraw them from their results; the number that failed."
     root, failed = Path(root).resolve(), 0
     for name in names or ANALYSES:
@@ -59,9 +60,11 @@ def run_analyses(names=None, regime='cpu', seeds=ANALYSIS_SEEDS, root='experimen
         params = dict(regime=regime, analysis=name, seeds=list(seeds), root=str(root), force=force,
                       data=str(Path(data).resolve()) if data else None, **{k: kw.get(k) for k in a.options})
         out_nb = analysis_notebook_path(root, regime, name)
+        check_clean(allow_dirty, f'the result of analysis {name}')
         log(f'run  analysis {name} ({a.chapter}) for {regime} -> {out_nb}')
-        why = execute_or_record(a.chapter, out_nb, params, path, dict(analysis=name, regime=regime), timeout,
-                                keep_images=4, read=read_analysis, write=write_analysis)
+        with dirty_allowed(allow_dirty):
+            why = execute_or_record(a.chapter, out_nb, params, path, dict(analysis=name, regime=regime), timeout,
+                                    keep_images=4, read=read_analysis, write=write_analysis)
         if why:
             log(f"FAILED analysis {name}: {why['error']}")
             failed += 1
@@ -95,6 +98,8 @@ def _parser():
     ap.add_argument('--root', default='experiments', help='where runs, results and tables go (default experiments/)')
     ap.add_argument('--force', action='store_true', help='retrain rows that already have a result, from scratch')
     ap.add_argument('--timeout', type=int, help='seconds per notebook cell (default: none)')
+    ap.add_argument('--allow-dirty', action='store_true', help='record results although the package or notebooks '
+                                                                'have uncommitted changes (marked † in the tables)')
     return ap
 
 # %% ../../nbs/15_repro.ipynb #70021067
@@ -135,6 +140,19 @@ def plan_rows(a) -> list[RowSpec]:
     return [s for t in names for s in get_rows(t, a.rows)]
 
 # %% ../../nbs/15_repro.ipynb #1da6284e
+def _run(a, specs, data) -> int:
+    "Run the rows and analyses that `a` asks for; the number that failed."
+    failed = 0
+    for s in specs:
+        for seed in a.seeds or [0]:
+            r = run_row(s, a.regime, seed, a.root, data, a.epochs, a.nproc, a.force, a.timeout,
+                        allow_dirty=a.allow_dirty)
+            failed += r.get('status') != 'ok'
+    if 'analyses' in a.tables:
+        failed += run_analyses(a.only, a.regime, a.seeds or ANALYSIS_SEEDS, a.root, data, a.force, a.timeout,
+                               allow_dirty=a.allow_dirty, llama=str(Path(a.llama).resolve()) if a.llama else None)
+    return failed
+
 def main(argv=None) -> int:
     "Console entry point `illama-repro`: 0 when every row finished, 1 when one failed, 2 for bad input."
     argv = sys.argv[1:] if argv is None else argv
@@ -145,14 +163,10 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f'illama-repro: error: {e}', file=sys.stderr)
         return 2
-    failed = 0
-    for s in specs:
-        for seed in a.seeds or [0]:
-            r = run_row(s, a.regime, seed, a.root, data, a.epochs, a.nproc, a.force, a.timeout)
-            failed += r.get('status') != 'ok'
-    if 'analyses' in a.tables:
-        failed += run_analyses(a.only, a.regime, a.seeds or ANALYSIS_SEEDS, a.root, data, a.force, a.timeout,
-                               llama=str(Path(a.llama).resolve()) if a.llama else None)
+    try: failed = _run(a, specs, data)
+    except DirtyTree as e:
+        print(f'illama-repro: error: {e}', file=sys.stderr)
+        return 2
     if 'tables' in a.tables:                   # the analyses' tables and figures too, from their results
         for p in redraw_analyses(a.regime, a.root): print(f'wrote {p}')
     for p in write_tables(a.regime, a.root): print(f'wrote {p}')

@@ -15,7 +15,8 @@ from ..train import load_tensors, make_learner
 from ..checkpoints import load_init
 from .. import paper
 from .rows import row_recipe, REGIME_NOTES
-from .analyses import (MODELS, model_spec, trained_model, trained_checkpoint, val_set, val_subset,
+from .analyses import (MODELS, data_seeds, dirty_note, model_spec, trained_model, trained_checkpoint,
+                                      val_set, val_subset,
                                       predict, top1, per_model)
 
 # %% auto #0
@@ -105,7 +106,7 @@ def render_calibration_md(res: dict) -> str:
              '', f"Ours: the {res['n_images']} validation images, float32, the same bins as torchmetrics' "
              f"`MulticlassCalibrationError(norm='l1')`; mean confidence − accuracy above 0 is overconfident. The "
              f"paper's models are Base-sized, pre-trained on ImageNet-21K and fine-tuned on ImageNet-1K; ours are "
-             f"trained from scratch at our scale. {side}{REGIME_NOTES.get(res['regime'], '')}.", '']
+             f"trained from scratch at our scale. {side}{REGIME_NOTES.get(res['regime'], '')}.{dirty_note(res)}", '']
     return '\n'.join(lines)
 
 def render_calibration(res: dict, folder) -> list[Path]:
@@ -215,12 +216,12 @@ def render_quantization_md(res: dict) -> str:
                   f"| | 8-8 QAT fine-tune | – | – | {cell('top1_qat8', lab)} | {cell('delta_qat8', lab)} |"]
     q = res['qat']
     lines += ['', f"Ours: top-1 on the same {res['n_val']} fixed validation images for every precision (paired), "
-              f"seeds {', '.join(map(str, res['seeds']))}; "
+              f"seeds {data_seeds(res)}; "
               f"int8 weights per channel and int8 dynamic per-token activations in every block's linear layers "
               f"(torchao), attention matmuls, norms, patch embedding and head in float32. QAT: a fine-tune from the "
               f"trained weights over {q['images']} training images (batch {q['batch_size']}, lr {q['lr']:.2g}, "
               f"cosine), where the paper's Table 15 trains 300 epochs from scratch. The paper's 32-32 DeiT row is "
-              f"DeiT's published number; ours is our ViT. {REGIME_NOTES.get(res['regime'], '')}.", '']
+              f"DeiT's published number; ours is our ViT. {REGIME_NOTES.get(res['regime'], '')}.{dirty_note(res)}", '']
     return '\n'.join(lines)
 
 def render_quantization(res: dict, folder) -> list[Path]:
@@ -309,7 +310,7 @@ def render_landscape_md(res: dict) -> str:
              f"L(θ + α·d₁ + β·d₂) on {res['n_images']} fixed validation images, a {res['steps']} × {res['steps']} grid "
              f"over [−1, 1]², filter-normalised random directions (Li et al., 2018; biases and norm weights not "
              f"moved), the same direction seed for every model. The paper gives no number for Fig. 10. "
-             f"{REGIME_NOTES.get(res['regime'], '')}.", '']
+             f"{REGIME_NOTES.get(res['regime'], '')}.{dirty_note(res)}", '']
     return '\n'.join(lines)
 
 def render_landscape(res: dict, folder) -> list[Path]:

@@ -16,8 +16,34 @@ from .rows import RowSpec, get_rows, row_recipe
 from .layout import checkpoint_dir, result_path, run_notebook_path
 
 # %% auto #0
-__all__ = ['CHAPTERS', 'train_spec', 'train_row', 'run_lock', 'nbs_dir', 'strip_images', 'failure_reason', 'execute_chapter',
-           'done_record', 'record_failure', 'execute_or_record', 'run_row']
+__all__ = ['ALLOW_DIRTY', 'CHAPTERS', 'DirtyTree', 'check_clean', 'dirty_allowed', 'train_spec', 'train_row', 'run_lock',
+           'nbs_dir', 'strip_images', 'failure_reason', 'execute_chapter', 'done_record', 'record_failure',
+           'execute_or_record', 'run_row']
+
+# %% ../../nbs/14b_runner.ipynb #e7e37526
+ALLOW_DIRTY = 'ILLAMA_ALLOW_DIRTY'   # '1': record from a dirty tree (set by --allow-dirty for the chapters' kernels)
+
+class DirtyTree(RuntimeError):
+    "The package or notebooks have uncommitted changes, and recording from them was not allowed."
+
+def check_clean(allow_dirty: bool = False, what: str = 'a result') -> str:
+    "The git revision; a `DirtyTree` naming the flag if it ends in `-dirty` and neither flag nor variable allow that."
+    rev = git_revision()
+    if rev.endswith('-dirty') and not (allow_dirty or os.environ.get(ALLOW_DIRTY) == '1'):
+        raise DirtyTree(f"the package or notebooks have uncommitted changes (revision {rev}), so {what} would not "
+                        f"be reproducible: commit them first, or pass --allow-dirty (allow_dirty=True) to record it "
+                        f"anyway, marked † in every table")
+    return rev
+
+@contextmanager
+def dirty_allowed(allow: bool = True):
+    "While inside, chapters run by this process may record from a dirty tree (their kernels inherit the variable)."
+    old = os.environ.get(ALLOW_DIRTY)
+    if allow: os.environ[ALLOW_DIRTY] = '1'
+    try: yield
+    finally:
+        if allow and old is None: os.environ.pop(ALLOW_DIRTY, None)
+        elif allow: os.environ[ALLOW_DIRTY] = old
 
 # %% ../../nbs/14b_runner.ipynb #ea2a35c3
 def train_spec(spec_file) -> dict:
@@ -40,9 +66,10 @@ def _train_ddp(spec: RowSpec, regime, seed, data, recipe: Recipe, out: Path, npr
     return read_result(out / 'results.json')
 
 def train_row(table: str, row: str, regime: str, seed: int = 0, data=None, epochs=None, nproc: int = 1, out=None,
-              result=None, root='experiments', size: str = 'tiny') -> dict:
+              result=None, root='experiments', size: str = 'tiny', allow_dirty: bool = False) -> dict:
     "Train one table row (inside its chapter, under papermill) and write its result file atomically."
     spec, regime = get_rows(table, [row])[0], check_choice('regime', regime, tuple(REGIMES))
+    check_clean(allow_dirty, f'the result of {table} / {row} / seed {seed}')
     out = Path(out) if out else checkpoint_dir(root, regime, spec, seed)
     recipe = row_recipe(spec, regime, size, epochs)
     if nproc > 1: r = _train_ddp(spec, regime, seed, data, recipe, out, nproc, size)
@@ -148,7 +175,7 @@ def _forget_checkpoint(folder: Path):
     for name in ('checkpoint.safetensors', 'results.json', 'results.png'): (folder / name).unlink(missing_ok=True)
 
 def run_row(spec: RowSpec, regime: str, seed: int = 0, root='experiments', data=None, epochs=None, nproc: int = 1,
-            force: bool = False, timeout: int | None = None, log=print) -> dict:
+            force: bool = False, timeout: int | None = None, log=print, allow_dirty: bool = False) -> dict:
     "Run one row for one seed through its chapter with papermill, unless its result already exists."
     root, regime = Path(root).resolve(), check_choice('regime', regime, tuple(REGIMES))
     res, ck = result_path(root, regime, spec, seed), checkpoint_dir(root, regime, spec, seed)
@@ -157,13 +184,15 @@ def run_row(spec: RowSpec, regime: str, seed: int = 0, root='experiments', data=
         if not force and (done := done_record(res)):
             log(f'skip {what}: done')
             return done
+        check_clean(allow_dirty, f'the result of {what}')
         if force: _forget_checkpoint(ck)
         out_nb = run_notebook_path(root, regime, spec, seed)
         params = dict(regime=regime, table=spec.table, row=spec.row, seed=seed, epochs=epochs, nproc=nproc,
                       data=str(Path(data).resolve()) if data else None, out=str(ck), result=str(res))
         log(f'run  {what} -> {out_nb}')
         record = dict(run_id=spec.run_id, table=spec.table, row=spec.row, step=spec.step, seed=seed, regime=regime)
-        failed = execute_or_record(CHAPTERS[spec.step], out_nb, params, res, record, timeout)
+        with dirty_allowed(allow_dirty):
+            failed = execute_or_record(CHAPTERS[spec.step], out_nb, params, res, record, timeout)
     if failed: log(f"FAILED {what}: {failed['error']}")
     return failed or read_result(res)
 

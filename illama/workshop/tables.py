@@ -12,12 +12,12 @@ from ..data import write_text_atomic
 from ..results import Results, load_results, finished, fmt, mean_sd, revision
 from .rows import TABLES, TABLE_TITLES, REGIME_NOTES, RowSpec, get_rows
 from .layout import results_dir, tables_dir
-from .claims import render_claims, chance_top1
+from .claims import render_claims, chance_top1, claims_forest
 
 # %% auto #0
-__all__ = ['PAPER_COLUMNS', 'NOT_RUN', 'RUN_COLUMNS', 'summarize_row', 'status_cell', 'render_table', 'plot_soft_mask_curves',
-           'plot_collapse_curves', 'write_tables', 'regime_results', 'table_md', 'paper_and_ours', 'claims_md',
-           'runs_table', 'regime_figures', 'analysis_md', 'roadmap_top1', 'plot_roadmap']
+__all__ = ['PAPER_COLUMNS', 'NOT_RUN', 'RUN_COLUMNS', 'summarize_row', 'seeds_cell', 'status_cell', 'render_table',
+           'plot_soft_mask_curves', 'plot_collapse_curves', 'write_tables', 'regime_results', 'table_md',
+           'paper_and_ours', 'claims_md', 'runs_table', 'regime_figures', 'analysis_md', 'roadmap_top1', 'plot_roadmap']
 
 # %% ../../nbs/14_tables.ipynb #ecb9f554
 def summarize_row(runs: list[dict], corrupt=()) -> dict:
@@ -25,10 +25,15 @@ def summarize_row(runs: list[dict], corrupt=()) -> dict:
     ok, failed = finished(runs), [r for r in runs if r.get('status') == 'failed']
     status = 'not run' if not runs else 'failed' if failed and not ok else 'ok' if not failed else 'partly failed'
     return dict(status=status, n=len(ok), seeds=sorted(r.get('seed') for r in ok), corrupt=list(corrupt),
+                dirty=sorted(r.get('seed') for r in ok if revision(r).endswith('-dirty')),
                 top1=mean_sd([r.get('top1') for r in ok], 1), train_loss=mean_sd([r.get('train_loss') for r in ok], 3),
                 minutes=mean_sd([(r.get('wall_time_s') or 0) / 60 for r in ok], 1),
                 revs=sorted({revision(r) for r in runs}),
                 error=((failed[0].get('error') or '').strip().splitlines() or [''])[-1][:120] if failed else '')
+
+def seeds_cell(sm: dict) -> str:
+    "A row's seeds, as its records give them; a seed recorded from a tree with uncommitted changes marked †."
+    return ','.join(f"{s}{'†' if s in sm['dirty'] else ''}" for s in sm['seeds']) or '–'
 
 def status_cell(sm: dict) -> str:
     "A row's status for a table: ok, not run, **failed** with the start of its error, and any corrupt files."
@@ -62,12 +67,12 @@ def _regime_note(table, regime):
     return ''
 
 def _row_cells(s: RowSpec, res, baseline: bool) -> tuple[list[str], list[str]]:
-    "The cells of one row of a table, and the revisions its runs were made at."
+    "The cells of one row of a table, and the revisions its runs were made at ('†' too if a seed is dirty)."
     sm = summarize_row(res.get(s.run_id, []), res.corrupt.get(s.run_id, ()))
     cells = [s.row, *(fmt(s.paper.get(k), nd) for k, _, nd in PAPER_COLUMNS), sm['top1']]
     if baseline: cells.append(mean_sd([r.get('top1') for r in finished(res.get(s.baseline.run_id, []))], 1))
-    cells += [sm['train_loss'], ','.join(map(str, sm['seeds'])) or '–', sm['minutes'], status_cell(sm)]
-    return cells, sm['revs']
+    cells += [sm['train_loss'], seeds_cell(sm), sm['minutes'], status_cell(sm)]
+    return cells, sm['revs'] + (['†'] if sm['dirty'] else [])
 
 # %% ../../nbs/14_tables.ipynb #7d22086f
 def render_table(table: str, regime: str, root='experiments', res=None) -> str:
@@ -83,9 +88,12 @@ def render_table(table: str, regime: str, root='experiments', res=None) -> str:
         cells, rv = _row_cells(s, res, baseline)
         revs |= set(rv)
         lines.append('| ' + ' | '.join(cells) + ' |')
+    dirty = ("† recorded from a tree with uncommitted changes (its revision ends in `-dirty`; experiments/README.md). "
+             if '†' in revs else '')
+    revs.discard('†')
     lines += ['', f"Paper: ImageNet-1K top-1 (%) after 300 epochs. Ours: {REGIME_NOTES.get(regime, regime)}. "
               f"'?' = not given by the paper or lost in the extracted text.{_regime_note(table, regime)} "
-              f"Git revision(s): {_revisions(revs)}.", '']
+              f"{dirty}Git revision(s): {_revisions(revs)}.", '']
     return '\n'.join(lines)
 
 # %% ../../nbs/14_tables.ipynb #aa69b158
@@ -157,11 +165,13 @@ def plot_collapse_curves(regime: str, root='experiments', seed: int = 0, res=Non
 
 # %% ../../nbs/14_tables.ipynb #f658f63b
 def write_tables(regime: str, root='experiments', tables=None) -> list[Path]:
-    "Write the tables (all by default), the claims and the two figures of `regime` into its tables folder."
+    "Write the tables (all by default), the claims and the figures of `regime` into its tables folder."
     res, folder, out = load_results(results_dir(root, regime)), tables_dir(root, regime), []
     for t in tables or TABLES: out.append(write_text_atomic(folder / f'{t}.md', render_table(t, regime, root, res)))
     out.append(write_text_atomic(folder / 'claims.md', render_claims(regime, root, res=res)))
     figs = plot_soft_mask_curves(regime, root, res=res), plot_collapse_curves(regime, root, res=res)
+    forest = claims_forest(regime, root, res=res)
+    if forest is not None: figs += (_save_figure(forest, folder / 'claims_forest.png'),)
     return out + [f for f in figs if f is not None]
 
 # %% ../../nbs/14_tables.ipynb #8d4d751b

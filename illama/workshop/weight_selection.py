@@ -16,7 +16,7 @@ from .. import paper
 from .rows import row_recipe, REGIME_NOTES
 from .layout import analysis_work_dir, result_path
 from ..data import atomic_save
-from .analyses import model_spec
+from .analyses import model_spec, data_seeds, dirty_note
 from .runner import done_record, run_row
 
 # %% auto #0
@@ -185,8 +185,8 @@ def render_weight_selection_md(res: dict) -> str:
         sel = res['selection']
         lines.append(f"Ours: `{res['llama']}` ({sel['llama_layers']} layers, width {sel['llama_width']}, FFN "
                      f"{sel['llama_hidden']}): layers {sel['layers']} ({sel['layer_selection']}), elements "
-                     f"{sel['element_selection']}; seeds {', '.join(map(str, res['seeds']))}. "
-                     f"{REGIME_NOTES.get(res['regime'], '')}.")
+                     f"{sel['element_selection']}; seeds {data_seeds(res)}. "
+                     f"{REGIME_NOTES.get(res['regime'], '')}.{dirty_note(res)}")
     return '\n'.join(lines + [''])
 
 def render_weight_selection(res: dict, folder) -> list[Path]:
