@@ -174,11 +174,13 @@ class StopOnNonFiniteLoss(Callback):
 
 # %% ../nbs/11b_callbacks.ipynb #238c6831
 class PlainProgress(Callback):
-    "One plain line per epoch (`epoch 1 train_loss 1.23 ...`), for output that is not a terminal."
+    "One plain line per epoch (`epoch 7 train_loss 1.23 ...`, the run's epoch from 1) for output that is no terminal."
     order = 60   # after the Recorder, which calls the learner's logger
     def __init__(self, file=None): self.file = file
     def before_fit(self): self.learn.logger = self._line
     def _line(self, values):
-        names = self.recorder.metric_names
+        names, values = self.recorder.metric_names, list(values)
+        if names[0] == 'epoch':   # fastai counts from 0 in each fit; a resumed run goes on from its checkpoint's epoch
+            values[0] += 1 + getattr(getattr(self.learn, 'recipe', None), 'epoch0', 0)
         cells = [f'{n} {v:.4g}' if isinstance(v, float) else f'{n} {v}' for n, v in zip(names, values)]
         print('  '.join(cells), file=self.file or sys.stdout, flush=True)

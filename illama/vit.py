@@ -361,6 +361,10 @@ class Illama(nn.Module):
 
     def tokens(self, x):
         "Patch tokens plus the class token (first or last), plus the LPE: the sequence the blocks see."
+        w = self.patch_embed.proj.weight
+        if x.dtype != w.dtype and not torch.is_autocast_enabled(x.device.type):   # say so, not torch's bias message
+            raise ValueError(f"x has dtype {x.dtype} and the model's weights {w.dtype}: pass x.to({w.dtype}) "
+                             f"(uint8 images: scale them to [0, 1] and normalise first)")
         x = self.patch_embed(x)
         cls = self.cls_token.expand(x.shape[0], -1, -1)
         x = torch.cat([cls, x], 1) if self.cfg.cls_pos == 'first' else torch.cat([x, cls], 1)

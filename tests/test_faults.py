@@ -128,6 +128,7 @@ REPRO_CASES = [
     (['table17', '--timeout', '0'], '--timeout=0 is not allowed'),
     (['table17', '--data', '{t}/missing'], "--data='{t}/missing' is not a folder"),
     (['table17', '--root', '{t}/afile'], "--root='{t}/afile' is a file"),
+    (['tables', '--root', '{t}/afile/sub'], "--root='{t}/afile/sub' cannot be made: '{t}/afile' is a file"),
 ]
 
 @pytest.mark.parametrize('args,msg', REPRO_CASES, ids=[' '.join(a)[:40] for a, _ in REPRO_CASES])
@@ -352,3 +353,20 @@ def test_rerunning_a_finished_run_leaves_its_record_as_it_was(world, tmp_path, c
     before = (out / 'results.json').read_bytes()
     assert _run_main(train_main, args, capsys)[0] == 0
     assert (out / 'results.json').read_bytes() == before
+
+def test_ctrl_c_in_illama_repro_is_one_line(tmp_path, capsys, monkeypatch):
+    "An interrupt during a run: one line saying how to go on, exit 130, no traceback."
+    import illama.workshop.repro as repro
+    def interrupted(*a, **kw): raise KeyboardInterrupt
+    monkeypatch.setattr(repro, 'run_row', interrupted)
+    code, err = _run_main(repro_main, ['table17', '--rows', 'ViT', '--regime', 'smoke', '--root', str(tmp_path)], capsys)
+    assert code == 130 and 'interrupted; run the same command' in err and 'Traceback' not in err, err
+    assert err.count('\n') == 1, err
+
+@pytest.mark.parametrize('dtype', [torch.uint8, torch.float64, torch.float16])
+def test_images_of_another_dtype_are_a_clear_error(dtype):
+    "uint8, float64 or float16 images into a float32 model: a ValueError that says what to pass, not torch's bias message."
+    from illama.vit import create_roadmap_model
+    m = create_roadmap_model('+ soft mask', 'tiny', img_size=32, patch_size=8, depth=1, num_classes=3).eval()
+    with pytest.raises(ValueError, match=f'x has dtype {dtype} and the model.s weights torch.float32: pass x.to'):
+        m(torch.zeros(2, 3, 32, 32, dtype=dtype))

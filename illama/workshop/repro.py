@@ -115,6 +115,8 @@ def _check_numbers(a):
 def _check_paths(a):
     root = Path(a.root)
     if root.exists() and not root.is_dir(): raise ValueError(f"--root={a.root!r} is a file; expected a folder")
+    if (up := next((p for p in root.absolute().parents if p.exists()), None)) is not None and not up.is_dir():
+        raise ValueError(f"--root={a.root!r} cannot be made: {str(up)!r} is a file")
     if a.data and not Path(a.data).is_dir(): raise ValueError(f'--data={a.data!r} is not a folder')
     if a.llama and not Path(a.llama).exists():
         raise ValueError(f'--llama={a.llama!r} does not exist; give a LLaMA checkpoint file or folder')
@@ -167,6 +169,9 @@ def main(argv=None) -> int:
     except DirtyTree as e:
         print(f'illama-repro: error: {e}', file=sys.stderr)
         return 2
+    except KeyboardInterrupt:   # the run in progress was recorded as failed (a finished result is kept); resumable
+        print('illama-repro: interrupted; run the same command to go on (finished runs are skipped)', file=sys.stderr)
+        return 130
     if 'tables' in a.tables:                   # the analyses' tables and figures too, from their results
         for p in redraw_analyses(a.regime, a.root): print(f'wrote {p}')
     for p in write_tables(a.regime, a.root): print(f'wrote {p}')
