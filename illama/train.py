@@ -33,7 +33,7 @@ from .checkpoints import CKPT, read_checkpoint, load_checkpoint, CheckpointCallb
 # %% auto #0
 __all__ = ['load_tensors', 'check_trainable', 'make_learner', 'CpuDistributedDL', 'plot_history', 'TrainConfig', 'Run',
            'run_differences', 'check_batch', 'plan_run', 'build_learner', 'fit_run', 'run_result', 'finish_run',
-           'out_lock', 'train', 'check_int', 'default_out', 'plan_from_args', 'main']
+           'file_lock', 'out_lock', 'train', 'check_int', 'default_out', 'plan_from_args', 'main']
 
 # %% ../nbs/11_train.ipynb #ec0baf47
 def load_tensors(recipe: Recipe, data=None, cache=None, download=False):
@@ -293,25 +293,31 @@ def finish_run(learn, run: Run, end: int) -> dict:
 
 # %% ../nbs/11_train.ipynb #926144b2
 @contextmanager
-def out_lock(out):
-    "Hold the training lock of folder `out` (rank 0); a `ValueError` naming the process that holds it already."
-    out = Path(out)
-    if rank_distrib() != 0:
-        yield
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / '.train.lock', 'a+') as f:
+def file_lock(path, busy):
+    "Hold an exclusive lock on file `path` (it names the holder's process); if another holds it, `busy(pid)` first."
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, 'a+') as f:
         try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
-            raise ValueError(f"out={str(out)!r} is being trained by process {f.read().strip() or '?'}; wait for it, "
-                             f"or choose another --out") from None
+            busy(f.read().strip() or '?')      # raises to give up, or returns to wait for the lock
+            fcntl.flock(f, fcntl.LOCK_EX)
         f.seek(0)
         f.truncate()
         f.write(str(os.getpid()))
         f.flush()
         try: yield
         finally: fcntl.flock(f, fcntl.LOCK_UN)
+
+@contextmanager
+def out_lock(out):
+    "Hold the training lock of folder `out` (rank 0); a `ValueError` naming the process that holds it already."
+    def refuse(pid):
+        raise ValueError(f"out={str(out)!r} is being trained by process {pid}; wait for it, or choose another --out")
+    if rank_distrib() != 0: yield
+    else:
+        with file_lock(Path(out) / '.train.lock', refuse): yield
 
 # %% ../nbs/11_train.ipynb #3b9dbdec
 def train(cfg: TrainConfig):

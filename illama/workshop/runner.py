@@ -4,12 +4,12 @@
 
 # %% ../../nbs/14b_runner.ipynb #ee9bebd5
 from __future__ import annotations
-import fcntl, json, os, subprocess, sys, time
+import json, os, subprocess, sys, time
 from contextlib import contextmanager
 from pathlib import Path
 from ..vit import check_choice
 from ..recipes import REGIMES, Recipe
-from ..train import TrainConfig, train
+from ..train import TrainConfig, file_lock, train
 from ..data import git_revision
 from ..results import ResultError, read_result, write_result
 from .rows import RowSpec, get_rows, row_recipe
@@ -86,20 +86,8 @@ def train_row(table: str, row: str, regime: str, seed: int = 0, data=None, epoch
 @contextmanager
 def run_lock(folder, what: str = 'this run', log=print):
     "Hold the lock of the run whose checkpoint folder is `folder`; wait (and say who holds it) if another process does."
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / '.lock', 'a+') as f:
-        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            log(f"waiting: {what} is being trained by process {f.read().strip() or '?'} ({folder / '.lock'})")
-            fcntl.flock(f, fcntl.LOCK_EX)
-        f.seek(0)
-        f.truncate()
-        f.write(f'{os.getpid()} {" ".join(sys.argv[:1])}')
-        f.flush()
-        try: yield
-        finally: fcntl.flock(f, fcntl.LOCK_UN)
+    lock = Path(folder) / '.lock'
+    with file_lock(lock, lambda pid: log(f"waiting: {what} is being trained by process {pid} ({lock})")): yield
 
 # %% ../../nbs/14b_runner.ipynb #bf3a32de
 CHAPTERS = {'ViT': '00_vit', '+ LLaMA FFN': '01_swiglu', '+ LLaMA Norm': '02_rmsnorm',   # where each step is taught
