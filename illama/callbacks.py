@@ -112,8 +112,8 @@ class _AlphaProbe(Callback):
 
 # %% ../nbs/11b_callbacks.ipynb #c28ecd30
 class DeviceMixedPrecision(MixedPrecision):
-    "fastai's `MixedPrecision` on the data's device (fastai 2.8 autocasts CUDA only); bf16 products in float32 kernels"
-    " on a CPU without fast bf16 ones (chapter 7)."
+    ("fastai's `MixedPrecision` on the data's device (fastai 2.8 autocasts CUDA only); bf16 products in float32 "
+     "kernels on a CPU without fast bf16 ones (chapter 7).")
     fp32_products, _inside = None, False
     def before_fit(self):
         self._leave()                                                  # left over if a batch was interrupted

@@ -127,8 +127,8 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 def count_macs(model: nn.Module, img_size=None, in_chans: int = 3, batch: int = 1) -> int:
-    "MACs of one full forward pass (every token through every block) of any timm-style image model (chapter 7's "
-    "counter); `img_size` defaults to the model's own."
+    ("MACs of one full forward pass (every token through every block) of any timm-style image model (chapter 7's "
+     "counter); `img_size` defaults to the model's own.")
     p = next(model.parameters())
     cfg = getattr(model, 'cfg', None)
     if img_size is None: img_size = cfg.img_size if cfg is not None else 224

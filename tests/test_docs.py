@@ -17,7 +17,8 @@ MISSING = [n for n, p in (('chromium', CHROMIUM), ('chromedriver (Debian: chromi
 REQUIRED = any(os.environ.get(k, '').lower() not in ('', '0', 'false', 'no') for k in ('CI', 'ILLAMA_REQUIRE_BROWSER'))
 FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
          '--disable-component-update', '--disable-sync', '--disable-quic', '--disable-dev-shm-usage',
-         '--window-size=1280,1000']
+         '--window-size=1400,900']
+WIDTH, HEIGHT = 1400, 900           # a reader's laptop window: every check below is measured at this size
 ROADMAP = ['00_vit.ipynb', '01_swiglu.ipynb', '02_rmsnorm.ipynb', '03_causal.ipynb', '04_rope.ipynb',
            '05_soft_mask.ipynb', '06_illama.ipynb']
 # the sidebar's sections, by layer, and the chapter numbers each holds (_quarto.yml)
@@ -109,7 +110,7 @@ def browser(tmp_path_factory):
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
     for f in FLAGS + [f'--user-data-dir={tmp_path_factory.mktemp("chromium-profile")}']: opts.add_argument(f)
-    opts.set_capability('goog:loggingPrefs', {'browser': 'ALL'})
+    opts.set_capability('goog:loggingPrefs', {'browser': 'ALL', 'performance': 'ALL'})   # console and network logs
     d = webdriver.Chrome(service=Service(executable_path=DRIVER), options=opts)
     d.set_page_load_timeout(60)
     yield d
@@ -136,7 +137,37 @@ return {
   ids: Array.from(document.querySelectorAll('[id]')).map(e => e.id),
   prose: text('pre, code, script, style, math'),
   shown: text('pre:not(.cell-output *), code:not(.cell-output *), script, style, math'),
-  height: document.documentElement.scrollHeight};"""
+  height: document.documentElement.scrollHeight,
+  // the right edge of the column the content must end in (the window, or main's own edge if narrower)
+  edge: Math.min(window.innerWidth, main.getBoundingClientRect().right) + 1,
+  // each table: the right edge of its last column (of its widest row) and its first header
+  table_ends: Array.from(main.querySelectorAll('table')).map(t => ({
+      right: Math.max(0, ...Array.from(t.rows).map(r => r.cells.length ? r.cells[r.cells.length - 1].getBoundingClientRect().right : 0)),
+      head: (t.rows[0] ? t.rows[0].innerText : '').slice(0, 80)})),
+  // each formula: its right edge, or null when a box around it scrolls sideways (the rest of it is hidden)
+  math_ends: Array.from(main.querySelectorAll('math')).map(m => {
+      let right = m.getBoundingClientRect().right;
+      for (let e = m.parentElement; e && e !== main; e = e.parentElement)
+        if (e.scrollWidth > e.clientWidth + 1 && getComputedStyle(e).overflowX !== 'visible') right = null;
+      return {right, text: m.textContent.slice(0, 60)}; }),
+  // each picture: its alt text and the caption of the figure around it
+  pictures: Array.from(main.querySelectorAll('img')).map(i => ({src: (i.getAttribute('src') || '').slice(0, 60), alt: (i.alt || '').trim(),
+      caption: ((i.closest('figure') || {}).querySelector ? ((i.closest('figure').querySelector('figcaption') || {}).innerText || '') : '').trim()}))};"""
+
+# the page is measured once it has rendered: loaded, its pictures decoded, its fonts ready, its sidebar built. Under load
+# a page measured on a timer was caught half drawn (714 px tall where it is 5,800); a condition waits as long as needed.
+READY = """return document.readyState === 'complete' && Array.from(document.images).every(i => i.complete)
+  && (!document.fonts || document.fonts.status === 'loaded') && !!document.querySelector('#quarto-sidebar a[href]')
+  && !!document.querySelector('main');"""
+
+
+def _requests(log, server) -> list[str]:
+    "The URLs the page asked for (Chromium's network log) that are neither this server nor inline data."
+    urls = []
+    for e in log:
+        m = json.loads(e['message'])['message']
+        if m.get('method') == 'Network.requestWillBeSent': urls.append(m['params']['request']['url'])
+    return [u for u in urls if not u.startswith((server, 'data:', 'blob:', 'about:'))]
 
 
 @pytest.fixture(scope='module')
@@ -144,12 +175,17 @@ def pages(browser, site, server):
     "Load the home page and every page of the sidebar; record what the checks need; save a screenshot of each."
     shots = Path(os.environ.get('ILLAMA_DOCS_SCREENSHOTS') or site.parent / 'screenshots')
     shots.mkdir(parents=True, exist_ok=True)
+    from selenium.webdriver.support.ui import WebDriverWait
+    browser.set_window_size(WIDTH, HEIGHT)
     def load(name):
+        browser.get_log('performance')                       # drop what earlier pages asked for
         browser.get(server + name)
+        WebDriverWait(browser, 300, poll_frequency=0.2).until(lambda d: d.execute_script(READY))
         info = browser.execute_script(PAGE_INFO)
-        browser.set_window_size(1280, max(800, min(info['height'], 6000)))
+        info['requests'] = _requests(browser.get_log('performance'), server)
+        browser.set_window_size(WIDTH, max(HEIGHT, min(info['height'], 6000)))
         browser.save_screenshot(str(shots / (name.replace('/', '_') + '.png')))
-        browser.set_window_size(1280, 1000)
+        browser.set_window_size(WIDTH, HEIGHT)
         info['log'] = [e for e in browser.get_log('browser') if e['level'] == 'SEVERE']
         return info
     res = {'index.html': load('index.html')}
@@ -157,6 +193,29 @@ def pages(browser, site, server):
         name = urllib.parse.urlparse(href).path.lstrip('/') or 'index.html'
         if name not in res: res[name] = load(name)
     return res
+
+
+def test_no_request_leaves_the_machine(pages):
+    "Chromium's network log: every page, its stylesheets' imports and fonts included, asks only this server."
+    for name, p in pages.items():
+        assert not p['requests'], f"{name} asked the network for {p['requests'][:5]}"
+        assert not [e for e in p['log'] if 'ERR_' in e['message']], f"{name}: {p['log'][:3]}"
+
+
+def test_tables_and_formulas_end_inside_the_window(pages):
+    "At 1400 x 900 each table's last column and each formula end inside the content column: no verdict off-screen."
+    for name, p in pages.items():
+        wide = [(round(t['right']), t['head']) for t in p['table_ends'] if t['right'] > p['edge']]
+        assert not wide, f"{name}: tables whose last column ends past {p['edge']:.0f} px: {wide[:4]}"
+        cut = [(m['right'], m['text']) for m in p['math_ends'] if m['right'] is None or m['right'] > p['edge']]
+        assert not cut, f"{name}: formulas cut off or scrolling in their box: {cut[:4]}"
+
+
+def test_every_image_has_words(pages):
+    "Each picture has alt text or a caption, for a reader who cannot see it and for one who wants to know what to see."
+    for name, p in pages.items():
+        mute = [i['src'] for i in p['pictures'] if not (i['alt'] or i['caption'])]
+        assert not mute, f"{name}: pictures with neither alt text nor a caption: {mute}"
 
 
 def test_navigation_lists_every_chapter_in_order_by_layer(pages):

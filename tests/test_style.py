@@ -24,6 +24,28 @@ def test_module_style(path):
     assert not long, f'{path.name}: lines over 120 characters: {long}'
     assert not semis, f'{path.name}: statements joined with ";" on lines {semis}'
     assert not big, f'{path.name}: functions over 40 lines: {big}'
+    assert not (split := split_docstrings(tree)), f'{path.name}: docstrings cut short by a second statement: {split}'
+    assert not (bare := undocumented(tree)), f'{path.name}: public functions or classes without a docstring: {bare}'
+
+def _is_str(stmt) -> bool:
+    return isinstance(stmt, ast.Expr) and isinstance(getattr(stmt, 'value', None), ast.Constant) \
+        and isinstance(stmt.value.value, str)
+
+def split_docstrings(tree) -> list[str]:
+    "Functions and classes whose body opens with two bare strings: the second is a separate statement, not the docstring."
+    return [n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+            and len(n.body) > 1 and _is_str(n.body[0]) and _is_str(n.body[1])]
+
+def undocumented(tree) -> list[str]:
+    "Names in the module's `__all__` that are functions or classes without a docstring (their API block is empty)."
+    public = {e.value for n in tree.body if isinstance(n, ast.Assign) and any(getattr(t, 'id', '') == '__all__'
+              for t in n.targets) for e in getattr(n.value, 'elts', [])}
+    return [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name in public
+            and not ast.get_docstring(n)]
+
+def test_docstring_checks_can_fail():
+    bad = ast.parse('__all__ = ["f", "g"]\ndef f():\n    "one half "\n    "the other"\ndef g(): pass\ndef _h(): pass')
+    assert split_docstrings(bad) == ['f'] and undocumented(bad) == ['g']
 
 # ---------------------------------------------------------------------------------------------------------------------
 # ruff's F rules (pyflakes) over the package, with the config in pyproject.toml: no undefined name, no unused import
@@ -116,3 +138,26 @@ def test_rhythm(nb):
     ratio = (n - len(bad)) / n
     assert ratio >= 0.8, (f'{nb.name}: only {n - len(bad)}/{n} ({ratio:.0%}) exported cells are followed by a cell that '
                           f'uses what they define; not followed (code cell index: first line):\n' + '\n'.join(bad))
+
+# ---------------------------------------------------------------------------------------------------------------------
+# walls of text: a reader skims a page by its paragraphs, so none of them (a bullet counts as one) runs on for more
+# than PARAGRAPH_WORDS words; a longer thought is split where it turns
+
+PARAGRAPH_WORDS = 170
+
+def long_paragraphs(md: str, limit: int = PARAGRAPH_WORDS) -> list[str]:
+    "The paragraphs and bullets of markdown `md` (code blocks left out) with more than `limit` words: their openings."
+    prose = re.sub(r'```.*?```', '', md, flags=re.S)
+    parts = re.split(r'\n\s*\n|\n(?=\s*(?:[*-]|\d+\.) )', prose)
+    return [' '.join(p.split()[:8]) + ' ...' for p in parts if len(p.split()) > limit]
+
+def test_long_paragraphs_found():
+    para = ' '.join(['word'] * 200)
+    test = f"# t\n\nshort one\n\n- {para}\n- short bullet\n\n```\n{para}\n```"
+    assert len(long_paragraphs(test)) == 1 and not long_paragraphs('- a\n- b\n\nc d e')
+
+@pytest.mark.parametrize('nb', NBS, ids=lambda p: p.name)
+def test_no_wall_of_text(nb):
+    cells = json.loads(nb.read_text())['cells']
+    walls = [w for c in cells if c['cell_type'] == 'markdown' for w in long_paragraphs(''.join(c['source']))]
+    assert not walls, f"{nb.name}: paragraphs over {PARAGRAPH_WORDS} words (split them): {walls}"

@@ -108,7 +108,9 @@ def predict(model, x: torch.Tensor, bs: int = 256) -> torch.Tensor:
     "The float32 logits of `model` on images `x`, in batches."
     return torch.cat([model(x[i:i + bs]).float() for i in range(0, len(x), bs)])
 
-def top1(logits: torch.Tensor, y: torch.Tensor) -> float: return (logits.argmax(1) == y).float().mean().item() * 100
+def top1(logits: torch.Tensor, y: torch.Tensor) -> float:
+    "Top-1 accuracy (%) of `logits` (batch, classes) against labels `y`."
+    return (logits.argmax(1) == y).float().mean().item() * 100
 
 # %% ../../nbs/16_analyses.ipynb #3c2714c9
 @dataclass(frozen=True)

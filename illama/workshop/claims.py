@@ -168,7 +168,9 @@ class MetricClaim:
     @property
     def sign(self) -> int: return expect_sign(self.paper, self.expect)
 
-def expect_sign(paper, expect) -> int: return expect if paper is None or paper == 0 else (1 if paper > 0 else -1)
+def expect_sign(paper, expect) -> int:
+    "The sign a claim expects of Δ: the paper's Δ's sign, or `expect` (±1) where the paper gives no Δ or 0."
+    return expect if paper is None or paper == 0 else (1 if paper > 0 else -1)
 
 # %% ../../nbs/14a_claims.ipynb #54ffb220
 _T4 = {sm: paper.TABLE4[('tiny', sm)] for sm in (True, False)}

@@ -14,8 +14,8 @@ from ..data import write_text_atomic
 __all__ = ['SKIP_FLAGS', 'SITE_MARKER', 'RENDERERS', 'site_notebooks', 'page_order', 'page_name', 'local_paths', 'clean_text',
            'clean_outputs', 'doc_target', 'own_doc', 'signature_md', 'param_table', 'DocBlock', 'show_doc', 'DocsError',
            'skip_cell', 'run_notebook', 'process_notebook', 'notebook_markdown', 'make_readme', 'tex_to_mathml',
-           'offline_maths', 'fix_anchors', 'check_root', 'check_out', 'make_workdir', 'pick_renderer', 'render_project',
-           'finish_site', 'build_docs', 'main']
+           'offline_maths', 'offline_assets', 'fix_anchors', 'check_root', 'check_out', 'make_workdir', 'pick_renderer',
+           'render_project', 'finish_site', 'build_docs', 'main']
 
 # %% ../../nbs/90_docs.ipynb #ad56fa93
 _num_re = re.compile(r'^(\d+)[a-zA-Z0-9]*_')
@@ -140,9 +140,11 @@ def param_table(sym) -> str:
     except (OSError, TypeError, ValueError): notes = {}      # no source to read the comments from
     cell = lambda s: str(s or '').replace('|', '\\|').replace('\n', ' ')
     code = lambda s: f'`{cell(s)}`' if s else ''
-    rows = [f"| {p.name} | {code(_anno(p.annotation))} | {code(_default(p.default))} | {cell(notes.get(p.name))} |"
-            for p in ps]
-    return '\n'.join(['| parameter | type | default | details |', '|---|---|---|---|', *rows])
+    rows = [[p.name, code(_anno(p.annotation)), code(_default(p.default)), cell(notes.get(p.name))] for p in ps]
+    keep = [0] + [j for j in (1, 2, 3) if any(r[j] for r in rows)]      # no column that is empty in every row
+    line = lambda cells: '| ' + ' | '.join(cells[j] for j in keep) + ' |'
+    head = ['parameter', 'type', 'default', 'details']
+    return '\n'.join([line(head), '|' + '---|' * len(keep), *map(line, rows)])
 
 # %% ../../nbs/90_docs.ipynb #e0b6d8a4
 class DocBlock:
@@ -331,6 +333,27 @@ def offline_maths(site) -> int:
             n += 1
     return n
 
+# %% ../../nbs/90_docs.ipynb #9ec68fb5
+_REMOTE_IMPORT = re.compile(r'@import\s+(?:url\(\s*)?["\']?https?://[^;]*;')
+_REMOTE_URL = re.compile(r'url\(\s*["\']?(https?://[^"\')]+)')
+_REMOTE_LOAD = re.compile(r'<(?:script|link|img|iframe|source|video|audio)\b[^>]*?\b(?:src|href)='
+                          r'"((?:https?:)?//[^"]+)"')
+
+def offline_assets(site) -> int:
+    "Drop remote `@import`s from `site`'s CSS; a `DocsError` naming the file if a page or stylesheet loads from afar."
+    n, bad = 0, []
+    for p in sorted(Path(site).rglob('*.css')):
+        old = p.read_text()
+        new = _REMOTE_IMPORT.sub('', old)
+        if new != old:
+            p.write_text(new)
+            n += 1
+        bad += [f"{p.relative_to(site)}: {u}" for u in _REMOTE_URL.findall(new)]
+    for p in sorted(Path(site).rglob('*.html')):
+        bad += [f"{p.relative_to(site)}: {u}" for u in _REMOTE_LOAD.findall(p.read_text())]
+    if bad: raise DocsError("the site would load from the network:\n" + '\n'.join(bad[:20]))
+    return n
+
 # %% ../../nbs/90_docs.ipynb #0e5d7b3a
 _HREF = re.compile(r'href="([\w.-]+\.html)?#([^"]+)"')
 _ID = re.compile(r'\bid="([^"]+)"')
@@ -424,10 +447,12 @@ def render_project(proj, renderer: str = 'smalldocs', quiet: bool = True) -> Pat
 
 # %% ../../nbs/90_docs.ipynb #4a7f1c3e
 def finish_site(site: Path, log=print) -> Path:
-    "Formulas as MathML, links at anchors that exist, and the marker that says this command built the site."
+    "Formulas as MathML, nothing loaded from the network, links at anchors that exist, and this command's marker."
     n = offline_maths(site)
+    css = offline_assets(site)
     moved = fix_anchors(site)
-    log(f"formulas as MathML on {n} page(s); {len(moved)} link(s) to missing anchors pointed at the nearest one")
+    log(f"formulas as MathML on {n} page(s); remote imports dropped from {css} stylesheet(s); "
+        f"{len(moved)} link(s) to missing anchors pointed at the nearest one")
     (site / SITE_MARKER).write_text("Built by illama-docs, which may replace this folder with a new build.\n")
     return site
 
