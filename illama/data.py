@@ -38,8 +38,20 @@ def find_data(data=None, download: bool = False, name: str = 'imagenette2-160') 
     if not download:
         raise ValueError(f"no dataset found: pass data=... (--data), set ILLAMA_DATA, put {name} in {p.parent}, "
                          f"or allow download (--download)")
-    from fastai.data.external import untar_data, URLs
-    return untar_data(URLs.IMAGENETTE_160)
+    return _download(p)
+
+def _download(dest: Path) -> Path:
+    "fastai's `untar_data` of Imagenette-160; a one-line `ValueError` (and no stale lock file) when it cannot."
+    from fastai.data.external import untar_data, URLs, fastai_cfg
+    lock = Path(fastai_cfg().path('archive')) / (URLs.IMAGENETTE_160.rsplit('/', 1)[-1] + '.lock')
+    had_lock = lock.exists()
+    try: return untar_data(URLs.IMAGENETTE_160)
+    except OSError as e:                                    # URLError, a refused connection, a full disk
+        if not had_lock: lock.unlink(missing_ok=True)
+        why = getattr(e, 'reason', None) or e.strerror or e
+        raise ValueError(f"--download could not fetch {URLs.IMAGENETTE_160} ({why}): on a machine without a "
+                         f"network, unpack imagenette2-160 anywhere and pass data=... (--data) or set ILLAMA_DATA "
+                         f"(it would go to {dest})") from e
 
 # %% ../nbs/10_data.ipynb #e5259d67
 def fake_imagenet(path, n_classes=3, n_train=4, n_val=2, size=40, seed=0):

@@ -11,7 +11,7 @@ from .data import open_rgb, scan_folder, write_text_atomic, git_revision
 
 # %% auto #0
 __all__ = ['expected_calibration_error', 'imagenet_indices', 'label_indices', 'data_config', 'eval_loader', 'predict', 'evaluate',
-           'check_weights', 'load_model', 'main']
+           'check_weights', 'hub_reachable', 'load_model', 'main']
 
 # %% ../nbs/13_evaluate.ipynb #0dd9206f
 def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float:
@@ -121,11 +121,26 @@ def _from_file(tag: str, checkpoint, **kwargs):
         raise ValueError(f"checkpoint={str(checkpoint)!r} cannot be loaded as {tag!r} weights "
                          f"({type(e).__name__}: {why})") from e
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    "Whether the Hugging Face hub's host (`HF_ENDPOINT`'s) answers on port 443: no name or no route fails at once."
+    import socket, urllib.parse
+    from huggingface_hub import constants
+    host = urllib.parse.urlparse(constants.ENDPOINT).hostname or 'huggingface.co'
+    try:
+        with socket.create_connection((host, 443), timeout=timeout): return True
+    except OSError: return False
+
 def _from_hub(tag: str, local_option: str = '--checkpoint', **kwargs):
     "`timm.create_model(tag, pretrained=True)`, its errors as one `ValueError` that says what to do."
     import timm
+    from huggingface_hub import constants
     base = tag.split('.')[0]
     if '.' not in tag and base in timm.list_models(pretrained=True): tag = timm.list_pretrained(base)[0]
+    known = tag in timm.list_pretrained(base + '*')             # an unknown tag gets timm's own message below
+    if known and not constants.HF_HUB_OFFLINE and not hub_reachable():   # now, not after five retries with back-off
+        raise ValueError(f"model={tag!r}: the Hugging Face hub ({constants.ENDPOINT}) cannot be reached from here; "
+                         f"pass the weights file as {local_option} FILE, or set HF_HUB_OFFLINE=1 to use weights "
+                         f"already in the Hugging Face cache")
     try: return timm.create_model(tag, pretrained=True, **kwargs)
     except (RuntimeError, ValueError) as e:
         raise ValueError(f"model={tag!r}: {str(e).splitlines()[0]}; choose a tag with weights, e.g. "

@@ -119,6 +119,19 @@ def failure_reason(e: BaseException, timeout=None) -> str:
     return f"{type(e).__name__}: {lines[-1] if lines else ''}".strip()
 
 # %% ../../nbs/14b_runner.ipynb #e5527058
+def _kernel_manager():
+    "A Jupyter kernel manager that talks to its kernel over Unix sockets in Jupyter's runtime folder, not over TCP."
+    import uuid
+    from jupyter_client.manager import AsyncKernelManager
+    from jupyter_core.paths import jupyter_runtime_dir
+    class IPCKernelManager(AsyncKernelManager):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.transport = 'ipc'      # same machine: no port, and no warning that TCP is unencrypted
+            Path(jupyter_runtime_dir()).mkdir(parents=True, exist_ok=True)
+            self.ip = str(Path(jupyter_runtime_dir()) / f'illama-kernel-{uuid.uuid4().hex[:12]}')   # sockets: ip-1...
+    return IPCKernelManager
+
 def execute_chapter(chapter: str, out_nb, params: dict, timeout=None, keep_images: int = 2, nbs=None) -> Path:
     "Execute chapter `chapter` (a notebook in `nbs`, default nbs/) with papermill and `params` into `out_nb`."
     import papermill as pm
@@ -126,7 +139,8 @@ def execute_chapter(chapter: str, out_nb, params: dict, timeout=None, keep_image
     out_nb = Path(out_nb)
     out_nb.parent.mkdir(parents=True, exist_ok=True)
     try: pm.execute_notebook(str(nbs / f'{chapter}.ipynb'), str(out_nb), parameters=params, cwd=str(nbs),
-                             progress_bar=False, execution_timeout=timeout, log_output=False)
+                             progress_bar=False, execution_timeout=timeout, log_output=False,
+                             kernel_manager_class=_kernel_manager())
     finally:
         if out_nb.exists(): strip_images(out_nb, keep_images)
     return out_nb
