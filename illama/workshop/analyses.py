@@ -250,7 +250,7 @@ def _t4_deltas(res: dict) -> str:
             f"{signed(p['tiny']['train_loss'], 3)} / {signed(p['tiny']['test_loss'], 3)} (the paper prints ↓0.045 "
             f"for Tiny's training loss, its two numbers give 0.035), Base {signed(p['base']['train_loss'], 3)} / "
             f"{signed(p['base']['test_loss'], 3)}; ours {signed(ours.get('train_loss'), 3)} / "
-            f"{signed(ours.get('test_loss'), 3)}. claims.md says whether ours are outside the seed spread.")
+            f"{signed(ours.get('test_loss'), 3)}. claims.md gives each difference with its 95 % interval.")
 
 def _t4_dips(res: dict) -> str:
     parts = [f"{s.capitalize()}: {a['schedule']} α reaches 0 at epoch {a['cutoff_epoch']}, test top-1 "
