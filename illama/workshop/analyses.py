@@ -217,7 +217,9 @@ def compute_table4(regime: str, seeds=None, data=None, root='experiments', log=p
     logs = {s: read_authors_log(s) for s in AUTHORS_RUNS}
     authors = {s: soft_mask_dip(lg) for s, lg in logs.items() if lg}
     seeds_used = sorted({r['seed'] for rs in runs.values() for r in rs})
-    return dict(seeds=seeds_used, metrics=metrics, pool=pool, curves=curves, cutoff_epochs=cut, authors=authors,
+    revisions = {m: {str(r['seed']): r.get('git_rev') for r in rs} for m, rs in runs.items()}   # each run's own
+    return dict(seeds=seeds_used, metrics=metrics, revisions=revisions, pool=pool, curves=curves, cutoff_epochs=cut,
+                authors=authors,
                 authors_source='../shared/papers/authors_logs (the authors\' repository, commit dfc93b9, logs/)')
 
 # %% ../../nbs/16_analyses.ipynb #f4ff3885
@@ -269,10 +271,14 @@ def data_seeds(res: dict) -> str:
     return ', '.join(sorted(seeds, key=int)) or '–'
 
 def dirty_note(res: dict) -> str:
-    "A sentence, marked †, when the analysis was computed from a tree with uncommitted changes; else ''."
+    "A sentence, marked †, when the analysis, or a run it reads (`revisions`), came from uncommitted changes; else ''."
     rev = str(res.get('git_rev') or '')
-    return (f" † Computed at revision `{rev}`: the package or notebooks had uncommitted changes, so this code cannot "
+    note = (f" † Computed at revision `{rev}`: the package or notebooks had uncommitted changes, so this code cannot "
             f"be checked out (chapter 14b)." if rev.endswith('-dirty') else '')
+    runs = [f"`{m}` seed {s} (`{r}`)" for m, per in (res.get('revisions') or {}).items() for s, r in per.items()
+            if str(r or '').endswith('-dirty')]
+    if runs: note += f" † Runs recorded from uncommitted changes: {', '.join(runs)}."
+    return note
 
 # %% ../../nbs/16_analyses.ipynb #ab3d05ec
 def render_table4_md(res: dict) -> str:
