@@ -83,13 +83,17 @@ def minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 # %% ../../nbs/08_benchmark.ipynb #7c8f22f4
+def _duration(s: float) -> str:
+    "Seconds as a reader wants them: '40 s', '3.5 min', '1.2 h'."
+    return f'{s:.0f} s' if s < 90 else f'{s / 60:.1f} min' if s < 5400 else f'{s / 3600:.1f} h'
+
 def interleaved(fns: dict, repeats: int = 5, warmup: int = 1, device='cpu', log=print,
                 faults: dict | None = None) -> dict:
     "Seconds per call for each of `fns` (name -> callable), interleaved repeat by repeat; page faults into `faults`."
     for f in fns.values():
         for _ in range(warmup): f()
         _sync(device)
-    times, names = {name: [] for name in fns}, list(fns)
+    times, names, start = {name: [] for name in fns}, list(fns), time.perf_counter()
     for r in range(repeats):
         for name in names[r % len(names):] + names[:r % len(names)]:   # rotate the order
             _sync(device)
@@ -98,7 +102,9 @@ def interleaved(fns: dict, repeats: int = 5, warmup: int = 1, device='cpu', log=
             _sync(device)
             times[name].append(time.perf_counter() - t0)
             if faults is not None: faults.setdefault(name, []).append(minor_faults() - f0)
-        if log: log(f'  repeat {r + 1}/{repeats}: ' + ', '.join(f'{n} {t[-1]:.3f}s' for n, t in times.items()))
+        left = (time.perf_counter() - start) / (r + 1) * (repeats - r - 1)    # this stage's time still to go
+        if log: log(f'  repeat {r + 1}/{repeats}: ' + ', '.join(f'{n} {t[-1]:.3f}s' for n, t in times.items())
+                    + (f'; about {_duration(left)} left in this stage' if left else ''))
     return times
 
 # %% ../../nbs/08_benchmark.ipynb #3bfe0002
