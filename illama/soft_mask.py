@@ -42,6 +42,7 @@ class SoftMaskSchedule:
 def plot_soft_mask_schedules(epochs=300, cutoff=50, iters_per_epoch=10, ax=None):
     "Draw Fig. 3(a): α over training for the constant and linear schemes."
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
     if ax is None: _, ax = plt.subplots(figsize=(5, 3))
     t = [i / iters_per_epoch for i in range(epochs * iters_per_epoch)]
     for s, ls in (('constant', '-'), ('linear', '--')):
@@ -49,6 +50,7 @@ def plot_soft_mask_schedules(epochs=300, cutoff=50, iters_per_epoch=10, ax=None)
     ax.axvline(cutoff, c='gray', lw=.8)
     ax.text(cutoff + 3, .5, 'cutoff epoch', color='gray')
     ax.set(xlabel='epoch', ylabel='α  (1 = bidirectional, 0 = causal)', title='soft mask schedule')
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))   # epochs are whole numbers
     ax.legend()
     return ax
 

@@ -118,6 +118,7 @@ def _fit(learn, n_epochs: int, cbs):
 def plot_history(history, fn=None, alpha_curve=None):
     "Loss and accuracy per epoch and α per iteration (`alpha_curve`: (epochs, α)) as a Figure; saved to `fn` if given."
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
     e = [h['epoch'] for h in history]
     fig = Figure(figsize=(12, 3.2), layout='tight')
     ax = fig.subplots(1, 3 if alpha_curve else 2)
@@ -131,6 +132,7 @@ def plot_history(history, fn=None, alpha_curve=None):
     if alpha_curve:
         ax[2].plot(*alpha_curve)
         ax[2].set(xlabel='epoch', title='soft-mask α (1 bidirectional, 0 causal)')
+    for a in ax: a.xaxis.set_major_locator(MaxNLocator(integer=True))   # epochs are whole numbers
     if fn is not None: atomic_save(fig, fn, saver=lambda f, p: f.savefig(p, format='png', dpi=80))
     return fig
 

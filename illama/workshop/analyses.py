@@ -295,10 +295,12 @@ def render_table4_md(res: dict) -> str:
 
 # %% ../../nbs/16_analyses.ipynb #7d17e1c7
 def _curve_panel(ax, x, ys: dict, title, level=None):
+    from matplotlib.ticker import MaxNLocator
     for name, y in ys.items(): ax.plot(x[:len(y)], y, label=name)
     if level is not None: ax.axhline(level[1], ls=':', c='gray', lw=1, label=level[0])
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=.3)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))   # epochs are whole numbers
     if ax.get_legend_handles_labels()[0]: ax.legend(fontsize=7)
 
 def _authors_column(axes, size: str, log: list[dict]):

@@ -56,7 +56,8 @@ DEIT_MIXUP_CUTMIX = (0.8, 1.0)   # the rates of the basic recipe (Table 12), whi
 
 def _t5(m, c):
     "A Table 5 row: '+ data aug.' at mixup `m` / cutmix `c`. Its tuned pair is that step's own run, DeiT's is '+ LPE'."
-    row, p = f'mixup {m} / cutmix {c}', dict(tiny=paper.TABLE5['tiny'][(m, c)])
+    row = f'mixup {m} / cutmix {c}'
+    p = dict(tiny=paper.TABLE5['tiny'][(m, c)], base=paper.TABLE5['base'].get((m, c)))   # Base ran other rates
     if (m, c) == TUNED_MIXUP_CUTMIX['tiny']: return RowSpec('table5', row, '+ data aug.', paper=p)
     if (m, c) == DEIT_MIXUP_CUTMIX: return RowSpec('table5', row, '+ LPE', paper=p)
     return RowSpec('table5', row, '+ data aug.', train=dict(mixup=m, cutmix=c), paper=p)

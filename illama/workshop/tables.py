@@ -6,7 +6,7 @@
 from __future__ import annotations
 import math, re, statistics
 from pathlib import Path
-from ..paper import TABLE17
+from ..paper import TABLE5, TABLE17
 from ..recipes import REGIMES
 from ..data import write_text_atomic
 from ..results import Results, load_results, finished, fmt, mean_sd, revision
@@ -66,6 +66,16 @@ def _regime_note(table, regime):
                 "(64 patches and the class token).")
     return ''
 
+def _paper_only(table: str) -> list[str]:
+    "The paper's rows that no row of ours trains, as lines under the table: Table 5's Base half, at its own rates."
+    if table != 'table5': return []
+    base = TABLE5['base']
+    note = ("The paper's Base half of Table 5 (iLLaMA-B, trained at larger rates than Tiny's; only DeiT's 0.8 / 1.0 is "
+            "a row above, and we train the Tiny rows only):")
+    return ['', note, '',
+            '| mixup / cutmix | ' + ' | '.join(f'{m} / {c}' for m, c in base) + ' |', '|---' * (len(base) + 1) + '|',
+            '| paper B top-1 | ' + ' | '.join(fmt(v, 1) for v in base.values()) + ' |']
+
 def _row_cells(s: RowSpec, res, baseline: bool) -> tuple[list[str], list[str]]:
     "The cells of one row of a table, and the revisions its runs were made at ('†' too if a seed is dirty)."
     sm = summarize_row(res.get(s.run_id, []), res.corrupt.get(s.run_id, ()))
@@ -88,6 +98,7 @@ def render_table(table: str, regime: str, root='experiments', res=None) -> str:
         cells, rv = _row_cells(s, res, baseline)
         revs |= set(rv)
         lines.append('| ' + ' | '.join(cells) + ' |')
+    lines += _paper_only(table)
     dirty = ("† recorded from a tree with uncommitted changes (its revision ends in `-dirty`; experiments/README.md). "
              if '†' in revs else '')
     revs.discard('†')
@@ -113,6 +124,7 @@ def _save_figure(fig, path: Path) -> Path:
 def plot_soft_mask_curves(regime: str, root='experiments', seed: int = 0, res=None):
     "Draw Fig. 3(b) from the result files; returns the PNG path, or None when the runs are not there."
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
     res = load_results(results_dir(root, regime)) if res is None else res
     pairs = [('no soft mask', _seed_run(res, get_rows('table3', ['no soft mask'])[0], seed)),
              ('soft mask', _seed_run(res, get_rows('table17', ['+ soft mask'])[0], seed))]
@@ -131,6 +143,7 @@ def plot_soft_mask_curves(regime: str, root='experiments', seed: int = 0, res=No
             label = f"soft mask ends ({rec.get('soft_mask')}, epoch {cutoff:.2f})"
             a.axvline(cutoff, ls='--', c='gray', lw=1, label=label)
         a.set_xlabel('epoch')
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
         a.legend(fontsize=8)
         a.grid(alpha=.3)
     plt.tight_layout()
@@ -146,6 +159,7 @@ def _tokens(r) -> int | None:
 def plot_collapse_curves(regime: str, root='experiments', seed: int = 0, res=None):
     "Top-1 per epoch of the `tokens197` rows and of the same rows at the regime's length; the PNG, or None before both."
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
     res = load_results(results_dir(root, regime)) if res is None else res
     rows = [(s, _seed_run(res, s, seed), _seed_run(res, s.baseline, seed)) for s in TABLES['tokens197']]
     if not any(r197 for _, r197, _ in rows): return None
@@ -158,6 +172,7 @@ def plot_collapse_curves(regime: str, root='experiments', seed: int = 0, res=Non
     chance = chance_top1(res)
     if chance: ax.axhline(chance, ls=':', c='gray', lw=1, label=f'chance ({chance:g} %)')
     ax.set(title=f'The collapse rows, seed {seed}: validation top-1 (%)', xlabel='epoch')
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=8, loc='center left', bbox_to_anchor=(1.01, 0.5))
     ax.grid(alpha=.3)
     plt.tight_layout()
