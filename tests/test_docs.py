@@ -4,7 +4,8 @@ page and every page in the sidebar, as a reader would, with no network.
 
 Where chromium or chromedriver is missing the browser tests are skipped, naming what is missing and how to install it
 (`.ci/run` installs both); with `CI` or `ILLAMA_REQUIRE_BROWSER` set they fail instead, so CI cannot pass without
-having looked at the site. Screenshots of every page go to `$ILLAMA_DOCS_SCREENSHOTS` (default: beside the site)."""
+having looked at the site. Screenshots of every page go to `$ILLAMA_DOCS_SCREENSHOTS` (default: beside the site).
+`$ILLAMA_DOCS_SITE` checks a site built already (`illama-docs --out DIR`) instead of building one."""
 import functools, http.server, json, os, re, shutil, subprocess, sys, threading, urllib.error, urllib.parse
 import urllib.request, warnings
 from pathlib import Path
@@ -62,6 +63,8 @@ def _has_tex(nb_name):
 @pytest.fixture(scope='module')
 def site(tmp_path_factory):
     "Build the site from this checkout's notebooks with the documented command, into a temporary folder."
+    if os.environ.get('ILLAMA_DOCS_SITE'):          # a developer re-checking a site built already (never set by CI)
+        return Path(os.environ['ILLAMA_DOCS_SITE'])
     out = tmp_path_factory.mktemp('docs') / '_docs'
     env = {**os.environ, 'PYTHONPATH': str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', '')}
     cli = Path(sys.executable).with_name('illama-docs')          # the documented command, where it is installed
@@ -150,6 +153,11 @@ return {
       for (let e = m.parentElement; e && e !== main; e = e.parentElement)
         if (e.scrollWidth > e.clientWidth + 1 && getComputedStyle(e).overflowX !== 'visible') right = null;
       return {right, text: m.textContent.slice(0, 60)}; }),
+  // each table's columns that are empty in every body row (their headers)
+  empty_columns: Array.from(main.querySelectorAll('table')).flatMap(t => {
+      const body = Array.from(t.rows).slice(1), head = t.rows[0] ? Array.from(t.rows[0].cells) : [];
+      return body.length ? head.map((h, j) => body.every(r => !r.cells[j] || !r.cells[j].innerText.trim()) ? h.innerText.trim() : null)
+                                .filter(h => h !== null) : []; }),
   // each picture: its alt text and the caption of the figure around it
   pictures: Array.from(main.querySelectorAll('img')).map(i => ({src: (i.getAttribute('src') || '').slice(0, 60), alt: (i.alt || '').trim(),
       caption: ((i.closest('figure') || {}).querySelector ? ((i.closest('figure').querySelector('figcaption') || {}).innerText || '') : '').trim()}))};"""
@@ -209,6 +217,27 @@ def test_tables_and_formulas_end_inside_the_window(pages):
         assert not wide, f"{name}: tables whose last column ends past {p['edge']:.0f} px: {wide[:4]}"
         cut = [(m['right'], m['text']) for m in p['math_ends'] if m['right'] is None or m['right'] > p['edge']]
         assert not cut, f"{name}: formulas cut off or scrolling in their box: {cut[:4]}"
+
+
+def test_no_markdown_table_printed_as_text(pages):
+    "A table reaches the reader as a table: no `|---|` rule in the prose or in a cell's printed output."
+    for name, p in pages.items():
+        raw = re.findall(r'^.*\|\s*:?-{3,}:?\s*\|.*$', p['shown'], re.M)
+        assert not raw, f"{name} prints a markdown table as text: {raw[:2]}"
+
+
+def test_no_table_column_is_empty_in_every_row(pages):
+    "No table (the API's parameter tables included) has a column with nothing in it: it would say nothing."
+    for name, p in pages.items():
+        assert not p['empty_columns'], f"{name}: columns empty in every row: {p['empty_columns'][:6]}"
+
+
+def test_chapter_09_shows_the_papers_tables(pages):
+    "Chapter 09 promises every number the paper reports in one place: it shows them as tables, not only as tests."
+    p = pages[_page('09_paper.ipynb')]
+    assert p['tables'] >= 10, f"09_paper shows {p['tables']} tables"
+    for caption in ('Table 17', 'Table 1', 'Table 3', 'Table 5', 'Table 6'):
+        assert caption in p['prose'], f"09_paper does not show {caption}"
 
 
 def test_every_image_has_words(pages):
