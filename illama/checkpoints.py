@@ -12,7 +12,7 @@ with warnings.catch_warnings():   # fastai and pandas warn about their own depre
     warnings.simplefilter('ignore')
     from fastai.callback.core import Callback
     from fastai.torch_core import rank_distrib, num_distrib
-from .data import atomic_save
+from .data import atomic_save, error_line
 from .callbacks import unwrap_model
 from .evaluate import check_weights
 from .models import checkpoint_filter_fn   # importing it also registers the timm models (`is_released_tag`)
@@ -42,15 +42,13 @@ def save_checkpoint(path, learn, meta: dict):
 
 # %% ../nbs/11c_checkpoints.ipynb #474c6bd1
 def _why(e: BaseException) -> str:
-    "An exception as one short line: its type and the first line of its message."
-    lines = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {lines[0] if lines else ''}"[:300]
+    "An exception as one short line: its type and its message's first sentence (chapter 10's `error_line`)."
+    return error_line(e, 300)
 
-def read_checkpoint(path):
+def read_checkpoint(path, fix: str = "delete it or pass --fresh to train from scratch"):
     "The tensors, metadata and optimiser groups of a checkpoint, checked; a `ValueError` naming the file if not usable."
     from safetensors import safe_open
     from safetensors.torch import load_file
-    fix = "delete it or pass --fresh to train from scratch"
     try:
         with safe_open(str(path), 'pt') as f: md = f.metadata()
         t, meta, groups = load_file(str(path)), json.loads(md['meta']), json.loads(md['opt_groups'])

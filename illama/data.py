@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_data.ipynb #009018c5
 from __future__ import annotations
-import hashlib, math, os, subprocess, tempfile, time, warnings
+import hashlib, math, os, re, subprocess, tempfile, time, warnings
 from pathlib import Path
 import torch, torch.nn.functional as F
 from fastcore.basics import chunked
@@ -16,8 +16,8 @@ with warnings.catch_warnings():   # fastai warns about its own use of torch.jit.
 # %% auto #0
 __all__ = ['IMG_EXTS', 'SPLITS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'find_data', 'fake_imagenet', 'scan_folder', 'open_rgb',
            'load_image', 'cache_dir', 'atomic_save', 'write_text_atomic', 'git_revision', 'cache_file', 'decode_items',
-           'rrc_flip_theta', 'BatchAugment', 'TensorDL', 'folder_tensors', 'cifar_tensors', 'make_dls', 'FolderImages',
-           'StreamDL', 'folder_images']
+           'check_writable', 'error_line', 'rrc_flip_theta', 'BatchAugment', 'TensorDL', 'folder_tensors',
+           'cifar_tensors', 'make_dls', 'FolderImages', 'StreamDL', 'folder_images']
 
 # %% ../nbs/10_data.ipynb #e4e64a67
 IMG_EXTS = ('.jpeg', '.jpg', '.png', '.bmp', '.webp')
@@ -223,6 +223,29 @@ def decode_items(items, size: int, cache=None, key: str = '', workers: int = 2, 
     x, y = torch.stack(_decode_all(items, size, workers)), torch.tensor([l for _, l in items], dtype=torch.long)
     if write: atomic_save({'x': x, 'y': y}, fn)
     return x, y
+
+# %% ../nbs/10_data.ipynb #c8e2deb9
+def check_writable(path, flag: str, folder: bool = False) -> Path:
+    "`path` if a file (or, with `folder`, files inside it) can be written there; else a `ValueError` naming `flag`."
+    p = Path(path)
+    if not str(path).strip(): raise ValueError(f"{flag}={str(path)!r} is not allowed: give a path")
+    where = p if folder else p.parent
+    if not folder and p.is_dir(): raise ValueError(f"{flag}={str(path)!r} is a folder; expected a file name")
+    if folder and p.exists() and not p.is_dir(): raise ValueError(f"{flag}={str(path)!r} is a file; expected a folder")
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        probe = where / f'.{p.name}.write-probe'
+        probe.write_text('')
+        probe.unlink()
+    except OSError as e: raise ValueError(f"{flag}={str(path)!r} cannot be written ({e.strerror or e})") from e
+    return p
+
+def error_line(e: BaseException, limit: int = 200) -> str:
+    "An exception as one line: its type and its message's first sentence, cut at a word (with …) only if still long."
+    text = ' '.join((str(e).strip().splitlines() or [''])[0].split())
+    first = m.group(1) if (m := re.match(r'(.+?[.!?])(?:\s|$)', text)) else text
+    if len(first) > limit: first = first[:limit].rsplit(' ', 1)[0] + ' …'
+    return f"{type(e).__name__}: {first}"
 
 # %% ../nbs/10_data.ipynb #68de79d8
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

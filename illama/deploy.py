@@ -4,7 +4,7 @@
 
 # %% ../nbs/13c_deploy.ipynb #2c1a73f8
 from __future__ import annotations
-import argparse, copy, importlib, sys, warnings
+import argparse, copy, importlib, os, sys, warnings
 from pathlib import Path
 import torch
 import torch.nn as nn
@@ -22,7 +22,7 @@ CKPT_NAME = 'checkpoint.safetensors'   # chapter 11c's file name in a run folder
 def _from_checkpoint(path: Path, img_size=None) -> Illama:
     "The model of one of our checkpoints (its own config, α = 0), at `img_size` if given."
     from illama.checkpoints import read_checkpoint          # here: chapter 11c imports fastai, which `illama` does not
-    t, meta, _ = read_checkpoint(path)
+    t, meta, _ = read_checkpoint(path, fix='give a checkpoint that illama-train wrote')
     model = Illama(IllamaConfig.from_dict(meta['model']))
     model.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith('model.')})
     model.set_soft_mask_alpha(0.0)
@@ -73,14 +73,18 @@ def export_onnx(src, path, img_size=None, batch: int = 2, opset: int | None = No
     "Write `src` (module, timm name or checkpoint) as ONNX at `path`: input `images`, output `logits`, batch dynamic."
     _require('onnxscript')
     model = load_model(src, img_size)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from illama.data import check_writable                  # here: chapter 10 imports fastai, `illama` does not
+    path = check_writable(path, 'path')
     dims = ({0: torch.export.Dim('batch', min=1, max=4096)},)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         prog = torch.onnx.export(model, (example_input(model, batch),), dynamo=True, dynamic_shapes=dims,
                                  input_names=['images'], output_names=['logits'], opset_version=opset, verbose=False)
-    prog.save(str(path))
+    tmp = path.with_name(f'.{path.name}.partial')     # written whole, then moved: a stopped export keeps the old file
+    try:
+        prog.save(str(tmp))
+        os.replace(tmp, path)
+    finally: tmp.unlink(missing_ok=True)
     return path
 
 def onnx_session(path, threads: int | None = None):
@@ -125,11 +129,16 @@ def main(argv=None) -> int:
     try:
         a = _parser().parse_args(sys.argv[1:] if argv is None else argv)
         if not a.out.endswith('.onnx'): raise ValueError(f"--out={a.out!r}: expected a .onnx file name")
+        from illama.data import check_writable
+        check_writable(a.out, '--out')
         model = load_model(a.src, a.img_size)
     except ValueError as e:
         print(f'illama-export: error: {e}', file=sys.stderr)
         return 2
-    path = export_onnx(model, a.out)
+    try: path = export_onnx(model, a.out)
+    except KeyboardInterrupt:
+        print(f'illama-export: interrupted; {a.out} is as it was', file=sys.stderr)
+        return 130
     print(f'wrote {path}')
     if a.check:
         x = example_input(model, 3)

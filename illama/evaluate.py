@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse, json, sys, time
 from pathlib import Path
 import torch
-from .data import open_rgb, scan_folder, write_text_atomic, git_revision
+from .data import open_rgb, scan_folder, write_text_atomic, git_revision, check_writable, error_line
 
 # %% auto #0
 __all__ = ['expected_calibration_error', 'imagenet_indices', 'label_indices', 'data_config', 'eval_loader', 'predict', 'evaluate',
@@ -117,9 +117,8 @@ def _from_file(tag: str, checkpoint, **kwargs):
     if not Path(checkpoint).is_file(): raise ValueError(f"checkpoint={str(checkpoint)!r} is not a file")
     try: return timm.create_model(tag, pretrained=True, pretrained_cfg_overlay=dict(file=str(checkpoint)), **kwargs)
     except Exception as e:   # torch.load, safetensors and timm's key mapping each raise their own errors
-        why = (str(e).strip().splitlines() or [''])[0][:200]
         raise ValueError(f"checkpoint={str(checkpoint)!r} cannot be loaded as {tag!r} weights "
-                         f"({type(e).__name__}: {why})") from e
+                         f"({error_line(e)})") from e
 
 def hub_reachable(timeout: float = 3.0) -> bool:
     "Whether the Hugging Face hub's host (`HF_ENDPOINT`'s) answers on port 443: no name or no route fails at once."
@@ -184,10 +183,7 @@ def _check(a):
     if a.device == 'cuda' and not torch.cuda.is_available(): raise ValueError("--device='cuda': no CUDA device here")
     scan_folder(a.data, splits=('val',))
     if a.out:
-        out = Path(a.out)
-        if out.is_dir(): raise ValueError(f"--out={a.out!r} is a folder; expected a .json file name")
-        try: out.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e: raise ValueError(f"--out={a.out!r}: its folder cannot be made ({e.strerror})") from e
+        check_writable(a.out, '--out')             # before the evaluation, not after it
 
 # %% ../nbs/13_evaluate.ipynb #f8e5a78c
 def main(argv=None) -> int:

@@ -441,6 +441,8 @@ def plan_from_args(a) -> TrainConfig:
         raise ValueError(f"init={a.init!r} is not a file or released weights (a timm tag such as illama_tiny.in1k)")
     check_int('freeze_epochs', a.freeze_epochs, 0, MAX_EPOCHS)
     if a.cache: cache_dir(a.cache)
+    if a.out is not None and not a.out.strip():
+        raise ValueError("--out='' is not allowed: give a folder, or leave --out out for runs/<step>-<size>-<regime>")
     out = Path(a.out) if a.out else default_out(step, a.size, a.regime)
     if a.resume and not (out / CKPT).exists(): raise ValueError(f"--resume but {str(out / CKPT)!r} does not exist")
     _check_out(out)

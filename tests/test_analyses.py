@@ -2,7 +2,6 @@
 what is missing through the rows' run ids, writes one result file per analysis, redraws from it, records failures
 without losing a result, and feeds the claims."""
 import json, subprocess, sys
-from pathlib import Path
 import pytest, torch
 from illama.data import fake_imagenet
 from illama.results import read_result, write_result
@@ -10,7 +9,7 @@ from illama.checkpoints import read_checkpoint
 from illama.workshop.layout import analysis_path, checkpoint_dir, result_path
 from illama.workshop.claims import render_claims
 from illama.workshop.analyses import model_spec, trained_checkpoint, load_model, checkpoint_done
-from illama.workshop.repro import main, run_analysis, run_analyses
+from illama.workshop.repro import run_analysis, run_analyses
 from illama.workshop.runner import ALLOW_DIRTY
 
 @pytest.fixture(scope='module')
@@ -107,7 +106,6 @@ def test_rank_trains_what_is_missing_and_retrains_lost_weights_identically(ds, t
     assert load_model(ck).cfg.cls_pos == 'last'
 
 def test_weight_selection_trains_from_the_selected_weights(ds, tmp_path):
-    from illama.workshop.weight_selection import select_from_checkpoint, selected_init
     from safetensors.torch import save_file, load_file
     g, w, h = torch.Generator().manual_seed(0), 128, 384
     def t(*s): return torch.randn(*s, generator=g).half()

@@ -1,12 +1,11 @@
 """Chapter 7's fused kernels against the equations as written (Eq. 1 / Eq. 2, RoPE, RMSNorm); the kernel switch really
 switches; FLOPs (Table 2); torch.compile and bf16; the benchmark CLI."""
-import json, subprocess, sys
 from pathlib import Path
 import pytest, torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from illama.masks import AttentionMask, attention_reference, soft_mask, causal_mask
-from illama.kernels import (post_softmax_attention, post_softmax_sdpa, rotate_qkv, table2_flops, causal_needed_macs,
+from illama.kernels import (post_softmax_sdpa, rotate_qkv, table2_flops, causal_needed_macs,
                             counted_macs, sdpa_lse, materialise, MATERIALISE_MAX_N)
 from illama.vit import Attention, create_roadmap_model, ROADMAP, use_kernels, kernel_choice, runs_materialised
 from illama.rope import Rope1D, Rope2D

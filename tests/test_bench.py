@@ -2,7 +2,7 @@
 import json, subprocess, sys
 from pathlib import Path
 import pytest
-from illama.workshop.bench import markdown_report, targets, main
+from illama.workshop.bench import markdown_report, targets
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -1,6 +1,6 @@
 """Bad input and faults, as a user meets them: every case exits 2 (or returns a clear error) with one message naming the
 parameter or file, shows no traceback, and leaves every earlier result exactly as it was."""
-import hashlib, json, os, shutil, subprocess, sys
+import hashlib, json, shutil, subprocess, sys
 from pathlib import Path
 import pytest, torch
 from illama.data import fake_imagenet
@@ -100,6 +100,7 @@ TRAIN_CASES = [   # (arguments, what the message must say)
     (['--init', '{t}/nan.pth'], "init='{t}/nan.pth': tensor"),
     (['--out', '{t}/nometa'], 'holds no run metadata (meta=None'),
     (['--out', '{t}/nanckpt'], "checkpoint.safetensors': tensor 'model."),
+    (['--out', ''], "--out='' is not allowed: give a folder"),
 ]
 
 @pytest.mark.parametrize('args,msg', TRAIN_CASES, ids=[' '.join(a)[:40] for a, _ in TRAIN_CASES])
@@ -129,6 +130,10 @@ REPRO_CASES = [
     (['table17', '--data', '{t}/missing'], "--data='{t}/missing' is not a folder"),
     (['table17', '--root', '{t}/afile'], "--root='{t}/afile' is a file"),
     (['tables', '--root', '{t}/afile/sub'], "--root='{t}/afile/sub' cannot be made: '{t}/afile' is a file"),
+    (['tables', '--root', ''], "--root='' is not allowed: give a path"),
+    (['tables', '--root', '/proc/illama'], "--root='/proc/illama' cannot be written"),
+    (['table17', '--rows', 'ViT', '--regime', 'smoke', '--seeds', '5', '--allow-dirty', '--data', '{noval}'],
+     'has no val/ folder'),                                                                  # before any run starts
 ]
 
 @pytest.mark.parametrize('args,msg', REPRO_CASES, ids=[' '.join(a)[:40] for a, _ in REPRO_CASES])
@@ -354,12 +359,13 @@ def test_rerunning_a_finished_run_leaves_its_record_as_it_was(world, tmp_path, c
     assert _run_main(train_main, args, capsys)[0] == 0
     assert (out / 'results.json').read_bytes() == before
 
-def test_ctrl_c_in_illama_repro_is_one_line(tmp_path, capsys, monkeypatch):
+def test_ctrl_c_in_illama_repro_is_one_line(world, tmp_path, capsys, monkeypatch):
     "An interrupt during a run: one line saying how to go on, exit 130, no traceback."
     import illama.workshop.repro as repro
     def interrupted(*a, **kw): raise KeyboardInterrupt
     monkeypatch.setattr(repro, 'run_row', interrupted)
-    code, err = _run_main(repro_main, ['table17', '--rows', 'ViT', '--regime', 'smoke', '--root', str(tmp_path)], capsys)
+    code, err = _run_main(repro_main, ['table17', '--rows', 'ViT', '--regime', 'smoke', '--root', str(tmp_path),
+                                       '--data', str(world['ds']), '--allow-dirty'], capsys)
     assert code == 130 and 'interrupted; run the same command' in err and 'Traceback' not in err, err
     assert err.count('\n') == 1, err
 
@@ -370,3 +376,27 @@ def test_images_of_another_dtype_are_a_clear_error(dtype):
     m = create_roadmap_model('+ soft mask', 'tiny', img_size=32, patch_size=8, depth=1, num_classes=3).eval()
     with pytest.raises(ValueError, match=f'x has dtype {dtype} and the model.s weights torch.float32: pass x.to'):
         m(torch.zeros(2, 3, 32, 32, dtype=dtype))
+
+
+def test_outputs_are_checked_before_the_work(tmp_path, capsys):
+    "illama-export, illama-eval and illama-bench refuse an output they could not write, before exporting or measuring."
+    from illama.deploy import main as export_main
+    from illama.workshop.bench import main as bench_main
+    (tmp_path / 'afile').write_text('x')
+    for main, args, says in [
+            (export_main, ['illama_tiny', '--out', '/proc/illama/m.onnx'], "--out='/proc/illama/m.onnx' cannot be written"),
+            (export_main, ['illama_tiny', '--out', f'{tmp_path}/afile/m.onnx'], 'cannot be written'),
+            (bench_main, ['--out', f'{tmp_path}/bench.json'], 'expected a .md file name')]:
+        code, err = _run_main(main, args, capsys)
+        assert code == 2 and says in err and 'Traceback' not in err and err.count('\n') == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['afile']
+
+def test_export_interrupted_keeps_the_file(tmp_path, capsys, monkeypatch):
+    "Ctrl-C during an export: one line, exit 130, and an earlier .onnx at that path untouched."
+    import illama.deploy as deploy
+    def interrupted(*a, **kw): raise KeyboardInterrupt
+    monkeypatch.setattr(deploy, 'export_onnx', interrupted)
+    (tmp_path / 'm.onnx').write_bytes(b'earlier')
+    code, err = _run_main(deploy.main, ['illama_tiny', '--out', str(tmp_path / 'm.onnx'), '--img-size', '32'], capsys)
+    assert code == 130 and 'interrupted' in err and err.count('\n') == 1, err
+    assert (tmp_path / 'm.onnx').read_bytes() == b'earlier'

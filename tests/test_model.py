@@ -4,7 +4,7 @@ import io, json, math, subprocess, sys
 from pathlib import Path
 import pytest, torch, timm
 import illama
-from illama import IllamaConfig, Illama, create_roadmap_model, checkpoint_filter_fn, get_step, ROADMAP, use_kernels
+from illama import IllamaConfig, create_roadmap_model, checkpoint_filter_fn, get_step, ROADMAP, use_kernels
 from illama.paper import TABLE1, TABLE11, TABLE17
 from reference_alg1 import AuthorsIllama
 

@@ -1,5 +1,5 @@
 "illama-repro: rows run through their chapters with papermill; skips, failures, --force, locks; the tables rebuild."
-import json, os, subprocess, sys, threading, time
+import os, subprocess, sys
 from pathlib import Path
 import pytest
 from illama.data import fake_imagenet

@@ -568,6 +568,8 @@ def _check(a):
     if a.device not in (None, 'cpu', 'cuda'): raise ValueError(f"--device={a.device!r} is not allowed; use cpu or cuda")
     if a.device == 'cuda' and not torch.cuda.is_available(): raise ValueError("--device='cuda': no CUDA device here")
     dev = a.device or ('cuda' if torch.cuda.is_available() else 'cpu')
+    if not a.out.endswith('.md'): raise ValueError(f"--out={a.out!r} is not allowed: expected a .md file name "
+                                                   f"(the .json beside it gets the same name)")
     try: out = Path(a.out.format(device=dev))
     except (KeyError, IndexError, ValueError) as e:
         raise ValueError(f"--out={a.out!r} is not allowed: the one field it may hold is {{device}} ({e!r})") from e

@@ -8,10 +8,10 @@ import argparse, importlib, sys, time
 from pathlib import Path
 from ..vit import check_choice
 from ..recipes import MAX_EPOCHS, REGIMES
-from ..data import find_data, git_revision
+from ..data import check_writable, find_data, git_revision, scan_folder
 from ..results import read_analysis, write_analysis
 from .rows import TABLES, RowSpec, get_rows
-from .layout import analysis_notebook_path, analysis_path, tables_dir
+from .layout import analysis_notebook_path, analysis_path, result_path, tables_dir
 from .tables import write_tables
 from .analyses import ANALYSES, ANALYSIS_SEEDS, Analysis, get_analysis
 from .runner import DirtyTree, check_clean, dirty_allowed, done_record, execute_or_record, run_row
@@ -120,6 +120,7 @@ def _check_paths(a):
     if a.data and not Path(a.data).is_dir(): raise ValueError(f'--data={a.data!r} is not a folder')
     if a.llama and not Path(a.llama).exists():
         raise ValueError(f'--llama={a.llama!r} does not exist; give a LLaMA checkpoint file or folder')
+    check_writable(a.root, '--root', folder=True)      # last: it makes the folder
 
 def _check_analyses(a):
     "`--only` and `--llama` name analyses, and only go with the `analyses` target."
@@ -137,8 +138,8 @@ def plan_rows(a) -> list[RowSpec]:
             raise ValueError(f"table={t!r} is not allowed; choose one of {targets}")
     if a.rows and len(names) != 1: raise ValueError('--rows needs exactly one table')
     _check_numbers(a)
-    _check_paths(a)
     _check_analyses(a)
+    _check_paths(a)                 # last: it makes --root (to try writing there) once everything else is right
     return [s for t in names for s in get_rows(t, a.rows)]
 
 # %% ../../nbs/15_repro.ipynb #1da6284e
@@ -155,6 +156,13 @@ def _run(a, specs, data) -> int:
                                allow_dirty=a.allow_dirty, llama=str(Path(a.llama).resolve()) if a.llama else None)
     return failed
 
+def _trains(a, specs) -> bool:
+    "Whether a run ahead trains or reads images: a row not done yet (or `--force`), or an analysis of trained models."
+    seeds = a.seeds or [0]
+    if any(a.force or done_record(result_path(a.root, a.regime, s, seed)) is None for s in specs for seed in seeds):
+        return True
+    return 'analyses' in a.tables and any(ANALYSES[n].models for n in (a.only or ANALYSES))
+
 def main(argv=None) -> int:
     "Console entry point `illama-repro`: 0 when every row finished, 1 when one failed, 2 for bad input."
     argv = sys.argv[1:] if argv is None else argv
@@ -162,7 +170,10 @@ def main(argv=None) -> int:
     try:
         specs = plan_rows(a)
         data = str(find_data(a.data, download=True)) if a.download else a.data
-    except ValueError as e:
+        if _trains(a, specs):          # refused now, not after the first run has started: a dirty tree, missing data
+            check_clean(a.allow_dirty, 'these results')
+            scan_folder(find_data(data), max_per_class=1)
+    except (ValueError, DirtyTree) as e:
         print(f'illama-repro: error: {e}', file=sys.stderr)
         return 2
     try: failed = _run(a, specs, data)
