@@ -16,7 +16,7 @@ from ..models import count_params          # importing it registers illama_* wit
 from ..kernels import bf16_products, causal_needed_macs, counted_macs, cpu_flags, image_bytes, table2_flops
 from ..vit import image_chunks, use_kernels
 from ..paper import TABLE6
-from ..data import write_text_atomic
+from ..data import check_writable, write_text_atomic
 from ..results import fmt
 from ..deploy import export_onnx, export_program, load_model, onnx_session, quantize, run_onnx
 from .layout import tables_dir
@@ -573,14 +573,7 @@ def _check(a):
     try: out = Path(a.out.format(device=dev))
     except (KeyError, IndexError, ValueError) as e:
         raise ValueError(f"--out={a.out!r} is not allowed: the one field it may hold is {{device}} ({e!r})") from e
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        probe = out.parent / f'.{out.name}.probe'
-        probe.write_text('')
-        probe.unlink()
-    except OSError as e: raise ValueError(f"--out={str(out)!r} cannot be written ({e.strerror})") from e
-    if out.is_dir(): raise ValueError(f"--out={str(out)!r} is a folder; expected a .md file name")
-    return out
+    return check_writable(out, '--out')       # chapter 10's one check: its folder made, a probe written
 
 # %% ../../nbs/08_benchmark.ipynb #d21c4481
 ALLOCATOR_ENV = ('GLIBC_TUNABLES', 'LD_PRELOAD', 'MALLOC_ARENA_MAX')
