@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_data.ipynb #009018c5
 from __future__ import annotations
-import hashlib, math, os, re, subprocess, tempfile, time, warnings
+import argparse, hashlib, math, os, re, subprocess, sys, tempfile, time, warnings
 from pathlib import Path
 import torch, torch.nn.functional as F
 from fastcore.basics import chunked
@@ -16,7 +16,7 @@ with warnings.catch_warnings():   # fastai warns about its own use of torch.jit.
 # %% auto #0
 __all__ = ['IMG_EXTS', 'SPLITS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'find_data', 'fake_imagenet', 'scan_folder', 'open_rgb',
            'load_image', 'cache_dir', 'atomic_save', 'write_text_atomic', 'git_revision', 'cache_file', 'decode_items',
-           'check_writable', 'error_line', 'rrc_flip_theta', 'BatchAugment', 'TensorDL', 'folder_tensors',
+           'check_writable', 'error_line', 'CliParser', 'rrc_flip_theta', 'BatchAugment', 'TensorDL', 'folder_tensors',
            'cifar_tensors', 'make_dls', 'FolderImages', 'StreamDL', 'folder_images']
 
 # %% ../nbs/10_data.ipynb #e4e64a67
@@ -246,6 +246,18 @@ def error_line(e: BaseException, limit: int = 200) -> str:
     first = m.group(1) if (m := re.match(r'(.+?[.!?])(?:\s|$)', text)) else text
     if len(first) > limit: first = first[:limit].rsplit(' ', 1)[0] + ' …'
     return f"{type(e).__name__}: {first}"
+
+# %% ../nbs/10_data.ipynb #71a46017
+class CliParser(argparse.ArgumentParser):
+    "An `ArgumentParser` whose errors are one line on stderr (exit code 2); `fail` says any other error the same way."
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def fail(self, e, code: int = 2) -> int:
+        "Say `e` (an exception's last line, or a message) as `prog: error: ...` on stderr; return exit `code`."
+        lines = str(e).strip().splitlines() or [type(e).__name__]
+        print(f"{self.prog}: error: {lines[-1]}", file=sys.stderr)
+        return code
 
 # %% ../nbs/10_data.ipynb #68de79d8
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -112,11 +112,9 @@ def int8_linears(model) -> int:
                if isinstance(m, torch.ao.nn.quantized.dynamic.Linear))
 
 # %% ../nbs/13c_deploy.ipynb #27dc183c
-class _Parser(argparse.ArgumentParser):
-    def error(self, message): raise ValueError(message)      # one line, not argparse's usage block
-
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog='illama-export', allow_abbrev=False,
+    from illama.data import CliParser                        # here, as check_writable: chapter 10 imports fastai
+    p = CliParser(prog='illama-export', allow_abbrev=False,
                 description='Write an iLLaMA model (a timm name or one of our checkpoints) as ONNX, batch dynamic.')
     p.add_argument('src', help="a timm model name (illama_tiny, ...) or a checkpoint.safetensors / its run folder")
     p.add_argument('--out', required=True, help='the .onnx file to write')
@@ -126,15 +124,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     "Entry point of `illama-export`: 0 when written, 2 for bad input (one line on stderr)."
+    p = _parser()
+    a = p.parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        a = _parser().parse_args(sys.argv[1:] if argv is None else argv)
         if not a.out.endswith('.onnx'): raise ValueError(f"--out={a.out!r}: expected a .onnx file name")
         from illama.data import check_writable
         check_writable(a.out, '--out')
         model = load_model(a.src, a.img_size)
-    except ValueError as e:
-        print(f'illama-export: error: {e}', file=sys.stderr)
-        return 2
+    except ValueError as e: return p.fail(e)
     try: path = export_onnx(model, a.out)
     except KeyboardInterrupt:
         print(f'illama-export: interrupted; {a.out} is as it was', file=sys.stderr)

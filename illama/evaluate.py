@@ -4,10 +4,10 @@
 
 # %% ../nbs/13_evaluate.ipynb #a960de49
 from __future__ import annotations
-import argparse, json, sys, time
+import json, sys, time
 from pathlib import Path
 import torch
-from .data import open_rgb, scan_folder, write_text_atomic, git_revision, check_writable, error_line
+from .data import open_rgb, scan_folder, write_text_atomic, git_revision, check_writable, error_line, CliParser
 
 # %% auto #0
 __all__ = ['expected_calibration_error', 'imagenet_indices', 'label_indices', 'data_config', 'eval_loader', 'predict', 'evaluate',
@@ -98,7 +98,8 @@ def evaluate(model, folder, batch_size: int = 64, limit: int | None = None, work
     logits, y, secs = predict(model, loader, device, progress)
     res = dict(n_images=len(y), n_classes=len(classes), images_per_s=len(y) / max(secs, 1e-9),
                **_metrics(logits, idx[y]))
-    if len(classes) < model.num_classes:   # a subset of the model's classes: also the folder's own n-way accuracy
+    if 2 <= len(classes) < model.num_classes:   # a subset of its classes: also the folder's own n-way accuracy
+        # (a 1-way choice is always right, so one class gets none)
         res['restricted'] = _metrics(logits[:, idx], y)
     return res
 
@@ -160,9 +161,9 @@ def load_model(tag: str, checkpoint=None, local_option: str = '--checkpoint', **
 
 # %% ../nbs/13_evaluate.ipynb #89809988
 def _parser():
-    p = argparse.ArgumentParser(prog='illama-eval', allow_abbrev=False,
-                                description='Evaluate a timm model (e.g. the released iLLaMA weights) on an '
-                                            'ImageNet-style folder: top-1, top-5, ECE, images/s.')
+    p = CliParser(prog='illama-eval', allow_abbrev=False,
+                  description='Evaluate a timm model (e.g. the released iLLaMA weights) on an '
+                              'ImageNet-style folder: top-1, top-5, ECE, images/s.')
     p.add_argument('--model', required=True, help='a timm tag, e.g. illama_tiny.in1k or illama_base.in21k_ft_in1k_384')
     p.add_argument('--checkpoint', default=None, help='a local weights file instead of the hub (the authors\' .pth)')
     p.add_argument('--data', required=True, help='an ImageNet-style folder; its val/ split is used')
@@ -188,15 +189,15 @@ def _check(a):
 # %% ../nbs/13_evaluate.ipynb #f8e5a78c
 def main(argv=None) -> int:
     "Entry point of `illama-eval`: prints and (with --out) writes the results; 2 for bad input."
-    a = _parser().parse_args(argv)
+    p = _parser()
+    a = p.parse_args(argv)
     try:
         _check(a)
         model = load_model(a.model, a.checkpoint)
         device = a.device or ('cuda' if torch.cuda.is_available() else 'cpu')
         res = evaluate(model, a.data, a.batch_size, a.limit, a.workers, device)
     except ValueError as e:     # one line: an image that fails in a loader worker arrives with the worker's traceback
-        print(f"illama-eval: error: {str(e).strip().splitlines()[-1]}", file=sys.stderr)
-        return 2
+        return p.fail(e)
     res = dict(model=a.model, checkpoint=a.checkpoint, data=str(a.data), **res, git_rev=git_revision())
     print(json.dumps(res, indent=1))
     if a.out: write_text_atomic(a.out, json.dumps(res, indent=1))

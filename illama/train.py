@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_train.ipynb #cc3fb47e
 from __future__ import annotations
-import argparse, atexit, fcntl, json, os, subprocess, sys, time, warnings
+import atexit, fcntl, json, os, subprocess, sys, time, warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -21,7 +21,7 @@ with warnings.catch_warnings():   # fastai and pandas warn about their own depre
 from fastcore.basics import noop
 from .vit import get_step, Illama, ROADMAP, SIZES, check_choice
 from .data import find_data, folder_tensors, folder_images, FolderImages, cifar_tensors, make_dls, BatchAugment
-from .data import atomic_save, cache_dir, git_revision, scan_folder
+from .data import atomic_save, cache_dir, git_revision, scan_folder, CliParser
 from .results import ResultError, read_result, write_result
 from .recipes import (Recipe, RECIPES, REGIMES, MAX_EPOCHS, PIPELINES, step_recipe, step_model_config,
                             check_precision, lr_scheds, make_mixup)
@@ -294,23 +294,38 @@ def finish_run(learn, run: Run, end: int) -> dict:
     return res
 
 # %% ../nbs/11_train.ipynb #926144b2
+def _locks_path(f, path: Path) -> bool:
+    "True when the open file `f` is still the file at `path` (a holder removes it as it lets go)."
+    try: return os.fstat(f.fileno()).st_ino == path.stat().st_ino
+    except FileNotFoundError: return False
+
 @contextmanager
 def file_lock(path, busy):
     "Hold an exclusive lock on file `path` (it names the holder's process); if another holds it, `busy(pid)` first."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, 'a+') as f:
-        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            busy(f.read().strip() or '?')      # raises to give up, or returns to wait for the lock
-            fcntl.flock(f, fcntl.LOCK_EX)
+    while True:
+        f = open(path, 'a+')
+        try:
+            try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                busy(f.read().strip() or '?')      # raises to give up, or returns to wait for the lock
+                fcntl.flock(f, fcntl.LOCK_EX)
+        except BaseException:
+            f.close()
+            raise
+        if _locks_path(f, path): break
+        f.close()                                  # we waited on a file its holder has removed: lock the new one
+    try:
         f.seek(0)
         f.truncate()
         f.write(str(os.getpid()))
         f.flush()
-        try: yield
-        finally: fcntl.flock(f, fcntl.LOCK_UN)
+        yield
+    finally:
+        path.unlink(missing_ok=True)               # while still held: no one can lock a file that is gone
+        f.close()                                  # lets go
 
 @contextmanager
 def out_lock(out):
@@ -334,8 +349,7 @@ def train(cfg: TrainConfig):
 
 # %% ../nbs/11_train.ipynb #69437392
 def _parser():
-    p = argparse.ArgumentParser(prog='illama-train', description='Train a roadmap step of iLLaMA (fastai).',
-                                allow_abbrev=False)
+    p = CliParser(prog='illama-train', description='Train a roadmap step of iLLaMA (fastai).', allow_abbrev=False)
     p.add_argument('--step', default='ViT', help=f"roadmap step, one of {list(ROADMAP)} (or an alias)")
     p.add_argument('--size', default='tiny', help=f"model size, one of {list(SIZES)}")
     p.add_argument('--regime', default='cpu', help="paper | cpu | smoke")
@@ -362,8 +376,7 @@ def _parser():
 
 def _fail(msg, code: int = 2) -> int:
     "Say `msg` in one line on stderr; the exit code (2: bad input; 1: the run itself failed)."
-    print(f"illama-train: error: {msg}", file=sys.stderr)
-    return code
+    return _parser().fail(msg, code)
 
 def check_int(name: str, value, lo: int, hi: int):
     "A `ValueError` naming `--name` unless `lo <= value <= hi` (None passes: the default applies)."

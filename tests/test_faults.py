@@ -1,6 +1,6 @@
 """Bad input and faults, as a user meets them: every case exits 2 (or returns a clear error) with one message naming the
 parameter or file, shows no traceback, and leaves every earlier result exactly as it was."""
-import hashlib, json, shutil, subprocess, sys
+import configparser, hashlib, json, shutil, subprocess, sys
 from pathlib import Path
 import pytest, torch
 from illama.data import fake_imagenet
@@ -14,6 +14,10 @@ from illama.workshop.tables import render_table
 from illama.workshop.layout import result_path, results_dir
 
 SMOKE = ['--regime', 'smoke', '--epochs', '1', '--batch-size', '8']
+_ini = configparser.ConfigParser()
+_ini.read(Path(__file__).parents[1] / 'settings.ini')
+ENTRY_POINTS = dict(e.split('=')[0:2] for e in _ini['DEFAULT']['console_scripts'].split())   # command -> module:main
+ENTRY_POINTS = {k: v.split(':')[0] for k, v in ENTRY_POINTS.items()}
 
 @pytest.fixture(scope='module')
 def world(tmp_path_factory):
@@ -114,8 +118,10 @@ def test_illama_train_refuses(world, capsys, args, msg):
     code, err = _run_main(train_main, args, capsys)
     assert code == 2, err
     assert msg.format(**f) in err and 'Traceback' not in err, err
-    assert err.strip().splitlines()[-1].startswith('illama-train: error: ')   # one line (argparse puts usage first)
+    assert err.startswith('illama-train: error: ') and err.count('\n') == 1, err   # one line, argparse's own too
     assert before == {k: _snapshot(world[k]) for k in ('run', 'ffn')}  # earlier results untouched
+    out = Path(args[args.index('--out') + 1])
+    assert not (out / '.train.lock').exists()                          # a refused run leaves no lock behind
 
 REPRO_CASES = [
     (['table4'], "table='table4' is not allowed"),
@@ -134,6 +140,12 @@ REPRO_CASES = [
     (['tables', '--root', '/proc/illama'], "--root='/proc/illama' cannot be written"),
     (['table17', '--rows', 'ViT', '--regime', 'smoke', '--seeds', '5', '--allow-dirty', '--data', '{noval}'],
      'has no val/ folder'),                                                                  # before any run starts
+    (['analyses', '--only', 'rank', '--llama', '{t}/notes.txt'],
+     "--llama is used only by ['weight_selection'], and --only rank runs none of them"),
+    (['table17', '--llama', '{t}/notes.txt'], "--only and --llama go with the 'analyses' target"),
+    (['table17', '--epochs', 'ten'], "argument --epochs: invalid int value: 'ten' (see illama-repro --help)"),
+    (['table17', '--bogus'], 'unrecognized arguments: --bogus (see illama-repro --help)'),
+    ([], 'the following arguments are required: tables'),
 ]
 
 @pytest.mark.parametrize('args,msg', REPRO_CASES, ids=[' '.join(a)[:40] for a, _ in REPRO_CASES])
@@ -145,6 +157,7 @@ def test_illama_repro_refuses(world, tmp_path, capsys, args, msg):
     args = [a.format(**f) for a in args] + ([] if '--root' in args else ['--root', str(tmp_path)])
     code, err = _run_main(repro_main, args, capsys)
     assert code == 2 and msg.format(**f) in err and 'Traceback' not in err, err
+    assert err.startswith('illama-repro: error: ') and err.count('\n') == 1, err
     assert _snapshot(tmp_path) == before and read_result(earlier)['top1'] == 50.0
 
 @pytest.mark.parametrize('content,why', [('{"status": "ok", "to', 'not a readable JSON file'),
@@ -174,6 +187,22 @@ def test_the_installed_commands_exit_2_without_a_traceback(world, tmp_path):
         assert 'Traceback' not in r.stderr and 'Warning' not in r.stderr and r.stderr.count('\n') == 1, r.stderr
     r = subprocess.run([str(bin_ / 'illama-train'), '--help'], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stderr == '' and 'usage: illama-train' in r.stdout
+
+WRONG_TYPE = {'illama-train': ['--epochs', 'ten'], 'illama-eval': ['--limit', 'ten'], 'illama-export': ['--img-size', 'ten'],
+              'illama-bench': ['--repeats', 'ten'], 'illama-repro': ['--epochs', 'ten'], 'illama-docs': ['--renderer', 'ten']}
+
+@pytest.mark.parametrize('cli', WRONG_TYPE)
+def test_argument_errors_are_one_line_in_every_command(cli):
+    "argparse's own errors (an unknown option, a value it cannot read) are one line too, with exit code 2."
+    assert set(WRONG_TYPE) == set(ENTRY_POINTS)                       # every console script is tried
+    needs = {'illama-eval': ['--model', 'm', '--data', 'd'], 'illama-export': ['m', '--out', 'm.onnx'],
+             'illama-repro': ['tables']}.get(cli, [])                 # its required arguments, so the error is ours
+    for args, says in (([*needs, '--bogus'], 'unrecognized arguments: --bogus'),
+                       (WRONG_TYPE[cli], f"argument {WRONG_TYPE[cli][0]}: invalid")):
+        r = subprocess.run([sys.executable, '-c', f'import sys; from {ENTRY_POINTS[cli]} import main; sys.exit(main())',
+                            *args], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and r.stderr.startswith(f'{cli}: error: ') and says in r.stderr, r.stderr
+        assert r.stderr.count('\n') == 1 and r.stderr.endswith(f'(see {cli} --help)\n') and r.stdout == '', r.stderr
 
 def test_python_api_refuses_clearly(world):
     with pytest.raises(ValueError, match="regime='gpu' is not allowed"): step_recipe('ViT', regime='gpu')

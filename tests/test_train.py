@@ -126,7 +126,7 @@ def test_two_gloo_processes_equal_one(tmp_path):
     assert m2['nproc'] == 2 and m1['top1'] == pytest.approx(m2['top1']) and m1['top5'] == pytest.approx(m2['top5'])
     assert m1['val_loss'] == pytest.approx(m2['val_loss'], rel=1e-4)   # exact over ranks despite the padded duplicate
     assert sorted(p.name for p in (tmp_path / 'np2').iterdir() if p.suffix != '.pt' and p.name != 'cache') == \
-        ['.train.lock', 'checkpoint.safetensors', 'metrics.json', 'results.json', 'results.png']   # rank 0's lock
+        ['checkpoint.safetensors', 'metrics.json', 'results.json', 'results.png']   # rank 0's lock has gone with it
 
 def test_data_layout_errors(tmp_path):
     with pytest.raises(ValueError, match='is not a folder'): scan_folder(tmp_path / 'missing')

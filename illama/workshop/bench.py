@@ -4,7 +4,7 @@
 
 # %% ../../nbs/08_benchmark.ipynb #62ba59ce
 from __future__ import annotations
-import argparse, ctypes, gc, importlib, itertools, json, os, resource, statistics, sys, tempfile, time
+import ctypes, gc, importlib, itertools, json, os, resource, statistics, sys, tempfile, time
 import multiprocessing as mp
 from contextlib import nullcontext
 from pathlib import Path
@@ -16,7 +16,7 @@ from ..models import count_params          # importing it registers illama_* wit
 from ..kernels import bf16_products, causal_needed_macs, counted_macs, cpu_flags, image_bytes, table2_flops
 from ..vit import image_chunks, use_kernels
 from ..paper import TABLE6
-from ..data import check_writable, write_text_atomic
+from ..data import check_writable, write_text_atomic, CliParser
 from ..results import fmt
 from ..deploy import export_onnx, export_program, load_model, onnx_session, quantize, run_onnx
 from .layout import tables_dir
@@ -524,9 +524,9 @@ def int8_top1(regime: str = 'cpu', seed: int = 2, data=None, root='experiments',
 DEFAULT_OUT = 'runs/bench/throughput_{device}.md'
 
 def _parser():
-    p = argparse.ArgumentParser(prog='illama-bench', allow_abbrev=False,
-                                description="iLLaMA against timm's DeiT: inference images/s, training step, peak "
-                                            "memory, in one interleaved run, as ratios beside the paper's Table 6.")
+    p = CliParser(prog='illama-bench', allow_abbrev=False,
+                  description="iLLaMA against timm's DeiT: inference images/s, training step, peak "
+                              "memory, in one interleaved run, as ratios beside the paper's Table 6.")
     p.add_argument('--sizes', default='T', help='comma-separated sizes among T, S, B (default: T)')
     p.add_argument('--batch', type=int, default=None, help='inference batch (default: 64 on CPU, 1024 on GPU)')
     p.add_argument('--img-size', type=int, default=224)
@@ -587,11 +587,10 @@ def command_line(argv, env=None) -> str:
 def main(argv=None) -> int:
     "Entry point of `illama-bench`: 0 when the benchmark ran, 2 for bad input (before anything is measured)."
     argv = sys.argv[1:] if argv is None else argv
-    a = _parser().parse_args(argv)
+    p = _parser()
+    a = p.parse_args(argv)
     try: out = _check(a)
-    except ValueError as e:
-        print(f'illama-bench: error: {e}', file=sys.stderr)
-        return 2
+    except ValueError as e: return p.fail(e)
     if a.threads: torch.set_num_threads(a.threads)
     log = lambda s: print(s, flush=True)
     if a.int8_top1 or a.deploy: return _deploy_main(a, argv, out, log)

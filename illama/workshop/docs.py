@@ -8,7 +8,7 @@ import argparse, html, inspect, os, re, shutil, subprocess, sys, tempfile, time,
 from contextlib import contextmanager
 from pathlib import Path
 import nbformat, yaml
-from ..data import write_text_atomic
+from ..data import write_text_atomic, CliParser
 
 # %% auto #0
 __all__ = ['SKIP_FLAGS', 'SITE_MARKER', 'RENDERERS', 'site_notebooks', 'page_order', 'page_name', 'local_paths', 'clean_text',
@@ -500,7 +500,7 @@ def build_docs(root='.', out=None, renderer: str = 'auto', execute: bool = True,
 
 # %% ../../nbs/90_docs.ipynb #c515269b
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog='illama-docs', description="Build the illama docs site from the notebooks "
+    p = CliParser(prog='illama-docs', description="Build the illama docs site from the notebooks "
         "(nbdev processing, execution, then quarto render, or smalldocs where Quarto is not installed).")
     p.add_argument('--root', default='.', help="the project folder, with _quarto.yml and nbs/ (default: .)")
     p.add_argument('--out', default=None, help="where the site goes (default: ROOT/_docs): a new or empty folder, "
@@ -513,15 +513,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     "Command line: build the docs site (and README.md) from the notebooks."
-    a = _parser().parse_args(argv)
+    p = _parser()
+    a = p.parse_args(argv)
     try:
         root = check_root(a.root, '--root')
         shutil.rmtree(make_workdir(check_out(a.out or root / '_docs', root, '--out'), '--out'))
         build_docs(root, a.out, a.renderer, execute=not a.no_exec, readme=not a.no_readme, quiet=not a.verbose,
                    log=lambda m: print(m, flush=True))
-    except ValueError as e:
-        print(f"illama-docs: error: {e}", file=sys.stderr)
-        return 2
+    except ValueError as e: return p.fail(e)
     except DocsError as e:
         print(f"illama-docs: build failed, previous site kept: {e}", file=sys.stderr)
         return 1

@@ -4,11 +4,11 @@
 
 # %% ../../nbs/15_repro.ipynb #91809df3
 from __future__ import annotations
-import argparse, importlib, sys, time
+import importlib, sys, time
 from pathlib import Path
 from ..vit import check_choice
 from ..recipes import MAX_EPOCHS, REGIMES
-from ..data import check_writable, find_data, git_revision, scan_folder
+from ..data import check_writable, find_data, git_revision, scan_folder, CliParser
 from ..results import read_analysis, write_analysis
 from .rows import TABLES, RowSpec, get_rows
 from .layout import analysis_notebook_path, analysis_path, result_path, tables_dir
@@ -80,9 +80,8 @@ def redraw_analyses(regime: str, root='experiments') -> list[Path]:
 
 # %% ../../nbs/15_repro.ipynb #7db7ce72
 def _parser():
-    ap = argparse.ArgumentParser('illama-repro', allow_abbrev=False,
-                                 description="Run rows of the paper's tables through their chapters (papermill) and "
-                                             "write the tables.")
+    ap = CliParser('illama-repro', allow_abbrev=False,
+                   description="Run rows of the paper's tables through their chapters (papermill) and write the tables.")
     ap.add_argument('tables', nargs='+', help=f"tables to run: {', '.join(TABLES)}, 'all', 'tables' (only rebuild "
                                               f"the tables and the analyses' figures from the results) or 'analyses' "
                                               f"(chapters 16-19)")
@@ -127,6 +126,9 @@ def _check_analyses(a):
     if (a.only or a.llama) and 'analyses' not in a.tables:
         raise ValueError("--only and --llama go with the 'analyses' target")
     for name in a.only or []: get_analysis(name)
+    if a.llama and a.only and not any('llama' in ANALYSES[n].options for n in a.only):
+        raise ValueError(f"--llama is used only by {[n for n, x in ANALYSES.items() if 'llama' in x.options]}, "
+                         f"and --only {' '.join(a.only)} runs none of them")
 
 def plan_rows(a) -> list[RowSpec]:
     "The rows the arguments ask for, every argument checked (a `ValueError` names the first bad one)."
@@ -166,20 +168,17 @@ def _trains(a, specs) -> bool:
 def main(argv=None) -> int:
     "Console entry point `illama-repro`: 0 when every row finished, 1 when one failed, 2 for bad input."
     argv = sys.argv[1:] if argv is None else argv
-    a = _parser().parse_args(argv)
+    p = _parser()
+    a = p.parse_args(argv)
     try:
         specs = plan_rows(a)
         data = str(find_data(a.data, download=True)) if a.download else a.data
         if _trains(a, specs):          # refused now, not after the first run has started: a dirty tree, missing data
             check_clean(a.allow_dirty, 'these results')
             scan_folder(find_data(data), max_per_class=1)
-    except (ValueError, DirtyTree) as e:
-        print(f'illama-repro: error: {e}', file=sys.stderr)
-        return 2
+    except (ValueError, DirtyTree) as e: return p.fail(e)
     try: failed = _run(a, specs, data)
-    except DirtyTree as e:
-        print(f'illama-repro: error: {e}', file=sys.stderr)
-        return 2
+    except DirtyTree as e: return p.fail(e)
     except KeyboardInterrupt:   # the run in progress was recorded as failed (a finished result is kept); resumable
         print('illama-repro: interrupted; run the same command to go on (finished runs are skipped)', file=sys.stderr)
         return 130

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/14b_runner.ipynb #ee9bebd5
 from __future__ import annotations
-import json, os, subprocess, sys, time
+import json, os, subprocess, sys, tempfile, time
 from contextlib import contextmanager
 from pathlib import Path
 from ..vit import check_choice
@@ -16,9 +16,9 @@ from .rows import RowSpec, get_rows, row_recipe
 from .layout import checkpoint_dir, result_path, run_notebook_path
 
 # %% auto #0
-__all__ = ['ALLOW_DIRTY', 'CHAPTERS', 'DirtyTree', 'check_clean', 'dirty_allowed', 'train_spec', 'train_row', 'run_lock',
-           'nbs_dir', 'strip_images', 'failure_reason', 'execute_chapter', 'done_record', 'record_failure',
-           'execute_or_record', 'run_row']
+__all__ = ['ALLOW_DIRTY', 'CHAPTERS', 'SHUTDOWN_NOISE', 'DirtyTree', 'check_clean', 'dirty_allowed', 'train_spec', 'train_row',
+           'run_lock', 'nbs_dir', 'strip_images', 'failure_reason', 'pass_on', 'execute_chapter', 'done_record',
+           'record_failure', 'execute_or_record', 'run_row']
 
 # %% ../../nbs/14b_runner.ipynb #e7e37526
 ALLOW_DIRTY = 'ILLAMA_ALLOW_DIRTY'   # '1': record from a dirty tree (set by --allow-dirty for the chapters' kernels)
@@ -119,8 +119,10 @@ def failure_reason(e: BaseException, timeout=None) -> str:
     return f"{type(e).__name__}: {lines[-1] if lines else ''}".strip()
 
 # %% ../../nbs/14b_runner.ipynb #e5527058
-def _kernel_manager():
-    "A Jupyter kernel manager that talks to its kernel over Unix sockets in Jupyter's runtime folder, not over TCP."
+SHUTDOWN_NOISE = ('KeyboardInterrupt caught in kernel',)   # jupyter_client interrupts a kernel as it shuts it down
+
+def _kernel_manager(log=None):
+    "A Jupyter kernel manager that talks to its kernel over Unix sockets, not TCP; the kernel's own log goes to `log`."
     import uuid
     from jupyter_client.manager import AsyncKernelManager
     from jupyter_core.paths import jupyter_runtime_dir
@@ -130,7 +132,17 @@ def _kernel_manager():
             self.transport = 'ipc'      # same machine: no port, and no warning that TCP is unencrypted
             Path(jupyter_runtime_dir()).mkdir(parents=True, exist_ok=True)
             self.ip = str(Path(jupyter_runtime_dir()) / f'illama-kernel-{uuid.uuid4().hex[:12]}')   # sockets: ip-1...
+        async def start_kernel(self, **kw):
+            if log is not None: kw.setdefault('stderr', log)     # the kernel process's stderr (cells' go to the notebook)
+            return await super().start_kernel(**kw)
     return IPCKernelManager
+
+def pass_on(log, to=None):
+    "The kernel's log `log` (a file) onto `to` (default stderr), less the line its shutdown provokes."
+    log.flush()
+    log.seek(0)
+    for line in log:
+        if not any(n in line for n in SHUTDOWN_NOISE): (to or sys.stderr).write(line)
 
 def execute_chapter(chapter: str, out_nb, params: dict, timeout=None, keep_images: int = 2, nbs=None) -> Path:
     "Execute chapter `chapter` (a notebook in `nbs`, default nbs/) with papermill and `params` into `out_nb`."
@@ -138,11 +150,17 @@ def execute_chapter(chapter: str, out_nb, params: dict, timeout=None, keep_image
     nbs = Path(nbs) if nbs else nbs_dir()
     out_nb = Path(out_nb)
     out_nb.parent.mkdir(parents=True, exist_ok=True)
-    try: pm.execute_notebook(str(nbs / f'{chapter}.ipynb'), str(out_nb), parameters=params, cwd=str(nbs),
-                             progress_bar=False, execution_timeout=timeout, log_output=False,
-                             kernel_manager_class=_kernel_manager())
-    finally:
-        if out_nb.exists(): strip_images(out_nb, keep_images)
+    with tempfile.TemporaryFile('w+') as log:
+        try: pm.execute_notebook(str(nbs / f'{chapter}.ipynb'), str(out_nb), parameters=params, cwd=str(nbs),
+                                 progress_bar=False, execution_timeout=timeout, log_output=False,
+                                 kernel_manager_class=_kernel_manager(log))
+        except KeyboardInterrupt: raise     # we stopped the kernel in a cell: what it says about that is only noise
+        except BaseException:
+            pass_on(log)
+            raise
+        else: pass_on(log)
+        finally:
+            if out_nb.exists(): strip_images(out_nb, keep_images)
     return out_nb
 
 # %% ../../nbs/14b_runner.ipynb #449023d0
