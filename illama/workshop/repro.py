@@ -81,7 +81,8 @@ def redraw_analyses(regime: str, root='experiments') -> list[Path]:
 # %% ../../nbs/15_repro.ipynb #7db7ce72
 def _parser():
     ap = CliParser('illama-repro', allow_abbrev=False,
-                   description="Run rows of the paper's tables through their chapters (papermill) and write the tables.")
+                   description="Run rows of the paper's tables through their chapters (papermill) and write the "
+                               "tables.")
     ap.add_argument('tables', nargs='+', help=f"tables to run: {', '.join(TABLES)}, 'all', 'tables' (only rebuild "
                                               f"the tables and the analyses' figures from the results) or 'analyses' "
                                               f"(chapters 16-19)")

@@ -133,7 +133,7 @@ def _kernel_manager(log=None):
             Path(jupyter_runtime_dir()).mkdir(parents=True, exist_ok=True)
             self.ip = str(Path(jupyter_runtime_dir()) / f'illama-kernel-{uuid.uuid4().hex[:12]}')   # sockets: ip-1...
         async def start_kernel(self, **kw):
-            if log is not None: kw.setdefault('stderr', log)     # the kernel process's stderr (cells' go to the notebook)
+            if log is not None: kw.setdefault('stderr', log)     # the kernel's stderr (the cells' go to the notebook)
             return await super().start_kernel(**kw)
     return IPCKernelManager
 
