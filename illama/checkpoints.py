@@ -50,10 +50,14 @@ def read_checkpoint(path, fix: str = "delete it or pass --fresh to train from sc
     from safetensors import safe_open
     from safetensors.torch import load_file
     try:
-        with safe_open(str(path), 'pt') as f: md = f.metadata()
-        t, meta, groups = load_file(str(path)), json.loads(md['meta']), json.loads(md['opt_groups'])
+        with safe_open(str(path), 'pt') as f: md = f.metadata() or {}
+        t = load_file(str(path))
     except Exception as e:   # safetensors raises its own error types for truncated or foreign files
         raise ValueError(f"checkpoint {str(path)!r} cannot be read ({_why(e)}); {fix}") from e
+    try: meta, groups = json.loads(md['meta']), json.loads(md['opt_groups'])
+    except (KeyError, ValueError) as e:      # a plain state dict (safetensors' own files carry no run)
+        raise ValueError(f"checkpoint {str(path)!r} holds no run metadata (a bare state dict, not a checkpoint "
+                         f"written by illama-train); {fix}") from e
     if not isinstance(meta, dict) or not isinstance(meta.get('epoch'), int) or not isinstance(groups, list):
         raise ValueError(f"checkpoint {str(path)!r} holds no run metadata (meta={meta!r:.60}); {fix}")
     check_weights({k: v for k, v in t.items() if k.startswith('model.')}, f"checkpoint {str(path)!r}")
@@ -103,7 +107,8 @@ class CheckpointCallback(Callback):
 def is_released_tag(init) -> bool:
     "Whether `init` names timm weights (`illama_tiny.in1k`, ...) rather than a file."
     import timm
-    return not Path(init).exists() and '.' in str(init) and timm.is_model(str(init).split('.')[0])
+    name = str(init)
+    return not Path(init).exists() and '.' in name and name in timm.list_pretrained(name.split('.')[0] + '*')
 
 # %% ../nbs/11c_checkpoints.ipynb #fe93a28a
 def _state_dict(path: Path) -> dict:

@@ -242,7 +242,8 @@ def check_writable(path, flag: str, folder: bool = False) -> Path:
 
 def error_line(e: BaseException, limit: int = 200) -> str:
     "An exception as one line: its type and its message's first sentence, cut at a word (with …) only if still long."
-    text = ' '.join((str(e).strip().splitlines() or [''])[0].split())
+    lines = [l for l in str(e).strip().splitlines() if l.strip()] or ['']
+    text = ' '.join(' '.join(lines[:2] if lines[0].rstrip().endswith(':') else lines[:1]).split())   # 'Errors in X:' + what
     first = m.group(1) if (m := re.match(r'(.+?[.!?])(?:\s|$)', text)) else text
     if len(first) > limit: first = first[:limit].rsplit(' ', 1)[0] + ' …'
     return f"{type(e).__name__}: {first}"
@@ -252,6 +253,15 @@ class CliParser(argparse.ArgumentParser):
     "An `ArgumentParser` whose errors are one line on stderr (exit code 2); `fail` says any other error the same way."
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        for i, x in enumerate(args):     # `--opt ''` would mean the default for some options, '' for others: neither
+            name, eq, value = x.partition('=')
+            empty = value if eq else args[i + 1] if i + 1 < len(args) else None
+            if x.startswith('--') and empty is not None and not empty.strip():
+                self.error(f"{name}={empty!r} is not allowed: give a value, or leave {name} out for its default")
+        return super().parse_known_args(args, namespace)
 
     def fail(self, e, code: int = 2) -> int:
         "Say `e` (an exception's last line, or a message) as `prog: error: ...` on stderr; return exit `code`."

@@ -13,7 +13,7 @@ from . import models  # noqa: F401 -- registers illama_* with timm, which `load_
 from .vit import Illama, IllamaConfig
 
 # %% auto #0
-__all__ = ['CKPT_NAME', 'load_model', 'example_input', 'export_program', 'check_program', 'graph_ops', 'export_onnx',
+__all__ = ['CKPT_NAME', 'ONNX_ATOL', 'load_model', 'example_input', 'export_program', 'check_program', 'graph_ops', 'export_onnx',
            'onnx_session', 'run_onnx', 'quantize', 'int8_linears', 'main']
 
 # %% ../nbs/13c_deploy.ipynb #a811996d
@@ -123,22 +123,32 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 def main(argv=None) -> int:
-    "Entry point of `illama-export`: 0 when written, 2 for bad input (one line on stderr)."
+    "Entry point of `illama-export`: 0 when written (and checked), 2 for bad input, 1 for a failed check, 130 on Ctrl-C."
     p = _parser()
     a = p.parse_args(sys.argv[1:] if argv is None else argv)
+    try: return _export(p, a)
+    except KeyboardInterrupt: return p.fail(f'interrupted; {a.out} is as it was', 130)
+
+ONNX_ATOL = 1e-4   # --check: ONNX Runtime's logits against eager
+
+def _export(p, a) -> int:
     try:
         if not a.out.endswith('.onnx'): raise ValueError(f"--out={a.out!r}: expected a .onnx file name")
+        if a.img_size is not None and a.img_size < 1:
+            raise ValueError(f"--img-size={a.img_size} is not allowed; give a positive multiple of the patch size")
         from illama.data import check_writable
         check_writable(a.out, '--out')
         model = load_model(a.src, a.img_size)
     except ValueError as e: return p.fail(e)
-    try: path = export_onnx(model, a.out)
-    except KeyboardInterrupt:
-        print(f'illama-export: interrupted; {a.out} is as it was', file=sys.stderr)
-        return 130
+    x = example_input(model, 3)
+    with torch.no_grad(): ref = model(x)
+    if not torch.isfinite(ref).all():      # finite weights can still overflow: such a model is no use to anyone
+        return p.fail(f"{a.src!r}: the model's logits are not finite (its weights overflow); nothing was written")
+    path = export_onnx(model, a.out)
     print(f'wrote {path}')
     if a.check:
-        x = example_input(model, 3)
-        with torch.no_grad(): d = (run_onnx(onnx_session(path), x) - model(x)).abs().max().item()
+        d = (run_onnx(onnx_session(path), x) - ref).abs().max().item()
         print(f'max |ONNX Runtime - eager| = {d:.2e}')
+        if not d <= ONNX_ATOL: return p.fail(f"--check: ONNX Runtime's logits differ from eager by {d:.2e}, "
+                                             f"more than {ONNX_ATOL:.0e}", 1)
     return 0

@@ -96,6 +96,9 @@ def evaluate(model, folder, batch_size: int = 64, limit: int | None = None, work
     loader, classes = eval_loader(folder, model, batch_size, limit, workers)
     idx = torch.tensor(label_indices(classes, model.num_classes))
     logits, y, secs = predict(model, loader, device, progress)
+    if bad := int((~torch.isfinite(logits).all(-1)).sum()):       # finite weights can still overflow
+        raise ValueError(f"the model's outputs hold NaN or infinite values for {bad} of {len(y)} images; "
+                         f"its weights overflow, so there is no result")
     res = dict(n_images=len(y), n_classes=len(classes), images_per_s=len(y) / max(secs, 1e-9),
                **_metrics(logits, idx[y]))
     if 2 <= len(classes) < model.num_classes:   # a subset of its classes: also the folder's own n-way accuracy
@@ -188,16 +191,17 @@ def _check(a):
 
 # %% ../nbs/13_evaluate.ipynb #f8e5a78c
 def main(argv=None) -> int:
-    "Entry point of `illama-eval`: prints and (with --out) writes the results; 2 for bad input."
+    "Entry point of `illama-eval`: prints and (with --out) writes the results; 2 for bad input, 130 on Ctrl-C."
     p = _parser()
     a = p.parse_args(argv)
     try:
         _check(a)
         model = load_model(a.model, a.checkpoint)
         device = a.device or ('cuda' if torch.cuda.is_available() else 'cpu')
-        res = evaluate(model, a.data, a.batch_size, a.limit, a.workers, device)
+        res = evaluate(model, a.data, a.batch_size, a.limit, a.workers, device, progress=sys.stdout.isatty())
     except ValueError as e:     # one line: an image that fails in a loader worker arrives with the worker's traceback
         return p.fail(e)
+    except KeyboardInterrupt: return p.fail('interrupted; nothing was written', 130)
     res = dict(model=a.model, checkpoint=a.checkpoint, data=str(a.data), **res, git_rev=git_revision())
     print(json.dumps(res, indent=1))
     if a.out: write_text_atomic(a.out, json.dumps(res, indent=1))

@@ -48,11 +48,11 @@ def load_tensors(recipe: Recipe, data=None, cache=None, download=False):
 
 # %% ../nbs/11_train.ipynb #7d1f84bf
 def check_trainable(tensors, classes, batch_size: int, nproc: int = 1):
-    "A `ValueError` unless the data gives every process at least one training batch, of at least two classes."
+    "A `ValueError` unless the data gives every process a training batch, of two classes or more (`tensors`: or a count)."
     if len(classes) < 2:
         raise ValueError(f"data has {len(classes)} class ({classes}); a classifier needs at least 2 class folders")
-    train = tensors['train']
-    n = len(train) if isinstance(train, FolderImages) else len(train[0])
+    train = tensors if isinstance(tensors, int) else tensors['train']
+    n = train if isinstance(train, int) else len(train) if isinstance(train, FolderImages) else len(train[0])
     if n < batch_size:
         raise ValueError(f"the train split has {n} images, fewer than one batch (batch_size={batch_size}, "
                          f"{batch_size // nproc} per process): no training step would run; lower --batch-size or "
@@ -270,10 +270,12 @@ def _bf16_products(learn) -> dict:
 def run_result(learn, run: Run) -> dict:
     "The result record of `run` (chapter 12's format)."
     last = run.history[-1] if run.history else {}
+    now = run.start < run.recipe.epochs        # trained in this process; else rebuilt from the checkpoint's history
     return dict(status='ok', step=run.step, size=run.size, regime=run.regime, top1=last.get('top1'),
                 top5=last.get('top5'), train_loss=last.get('train_loss'), val_loss=last.get('val_ce'),
-                epochs=last.get('epoch', 0), wall_time_s=time.time() - run.t0,
-                images_per_s=_throughput(run.history, learn), model_step_share=learn.recipe.model_step_share,
+                epochs=last.get('epoch', 0), wall_time_s=time.time() - run.t0 if now else last.get('wall_s'),
+                images_per_s=_throughput(run.history, learn),
+                model_step_share=learn.recipe.model_step_share if now else last.get('model_step_share'),
                 resumed_from_epoch=run.start, seed=run.seed, nproc=run.nproc,
                 config=dict(model=learn.model.cfg.to_dict(), recipe=run.recipe.to_dict()), git_rev=git_revision(),
                 history=run.history, **_bf16_products(learn))
@@ -305,7 +307,8 @@ def file_lock(path, busy):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        f = open(path, 'a+')
+        try: f = open(path, 'a+')
+        except OSError as e: raise ValueError(f"lock file {str(path)!r} cannot be opened ({e.strerror})") from e
         try:
             try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -487,8 +490,13 @@ def _summary(res: dict) -> str:
     return json.dumps({k: res[k] for k in keys})
 
 def main(argv=None) -> int:
-    "Entry point of `illama-train`: 0 when the run finished, 2 for bad input (one line, no traceback)."
+    "Entry point of `illama-train`: 0 when the run finished, 2 for bad input (one line, no traceback), 130 on Ctrl-C."
     a = _parser().parse_args(argv)
+    try: return _main(a, argv)
+    except KeyboardInterrupt:     # while checking, loading data or building the model (fitting says more)
+        return _fail("interrupted; run the same command to go on (a run resumes from its last finished epoch)", 130)
+
+def _main(a, argv) -> int:
     try:
         cfg = plan_from_args(a)
         plan_run(cfg)                               # the checkpoint in --out is checked before anything starts
@@ -507,8 +515,9 @@ def _fit_and_finish(learn, run: Run, cfg: TrainConfig) -> int:
         end = fit_run(learn, run, cfg.stop_after, cfg.quiet)
         res = finish_run(learn, run, end)
     except KeyboardInterrupt:
-        print(f"illama-train: interrupted; run the same command to resume from '{run.out / CKPT}'", file=sys.stderr)
-        return 130
+        ck = run.out / CKPT
+        return _fail(f"interrupted; run the same command to resume from '{ck}'" if ck.exists() else
+                     "interrupted before its first epoch ended: nothing was kept; the same command starts again", 130)
     except NonFiniteLoss as e: return _fail(f"{e}; no result was written", 1)
     except (ResultError, OSError) as e:     # a NaN metric, a full disk: the checkpoints of the epochs stay
         return _fail(f"the run's results could not be written ({e}); its checkpoint is {run.out / CKPT}", 1)

@@ -27,7 +27,8 @@ def world(tmp_path_factory):
              one=fake_imagenet(t / 'one', n_classes=1, n_train=12, n_val=2),
              small=fake_imagenet(t / 'small', n_classes=3, n_train=1, n_val=1),
              noval=fake_imagenet(t / 'noval', n_classes=2, n_train=4, n_val=1),
-             broken=fake_imagenet(t / 'broken', n_classes=3, n_train=4, n_val=2))
+             broken=fake_imagenet(t / 'broken', n_classes=3, n_train=4, n_val=2),
+             big=fake_imagenet(t / 'big', n_classes=3, n_train=11, n_val=2))    # one smoke batch (32) for illama-repro
     shutil.rmtree(w['noval'] / 'val')
     img = w['broken'] / 'train' / 'n00000001' / 'img2.png'
     img.write_bytes(img.read_bytes()[:70])
@@ -104,7 +105,7 @@ TRAIN_CASES = [   # (arguments, what the message must say)
     (['--init', '{t}/nan.pth'], "init='{t}/nan.pth': tensor"),
     (['--out', '{t}/nometa'], 'holds no run metadata (meta=None'),
     (['--out', '{t}/nanckpt'], "checkpoint.safetensors': tensor 'model."),
-    (['--out', ''], "--out='' is not allowed: give a folder"),
+    (['--out', ''], "--out='' is not allowed"),
 ]
 
 @pytest.mark.parametrize('args,msg', TRAIN_CASES, ids=[' '.join(a)[:40] for a, _ in TRAIN_CASES])
@@ -136,7 +137,7 @@ REPRO_CASES = [
     (['table17', '--data', '{t}/missing'], "--data='{t}/missing' is not a folder"),
     (['table17', '--root', '{t}/afile'], "--root='{t}/afile' is a file"),
     (['tables', '--root', '{t}/afile/sub'], "--root='{t}/afile/sub' cannot be made: '{t}/afile' is a file"),
-    (['tables', '--root', ''], "--root='' is not allowed: give a path"),
+    (['tables', '--root', ''], "--root='' is not allowed"),
     (['tables', '--root', '/proc/illama'], "--root='/proc/illama' cannot be written"),
     (['table17', '--rows', 'ViT', '--regime', 'smoke', '--seeds', '5', '--allow-dirty', '--data', '{noval}'],
      'has no val/ folder'),                                                                  # before any run starts
@@ -394,7 +395,7 @@ def test_ctrl_c_in_illama_repro_is_one_line(world, tmp_path, capsys, monkeypatch
     def interrupted(*a, **kw): raise KeyboardInterrupt
     monkeypatch.setattr(repro, 'run_row', interrupted)
     code, err = _run_main(repro_main, ['table17', '--rows', 'ViT', '--regime', 'smoke', '--root', str(tmp_path),
-                                       '--data', str(world['ds']), '--allow-dirty'], capsys)
+                                       '--data', str(world['big']), '--allow-dirty'], capsys)
     assert code == 130 and 'interrupted; run the same command' in err and 'Traceback' not in err, err
     assert err.count('\n') == 1, err
 
@@ -429,3 +430,107 @@ def test_export_interrupted_keeps_the_file(tmp_path, capsys, monkeypatch):
     code, err = _run_main(deploy.main, ['illama_tiny', '--out', str(tmp_path / 'm.onnx'), '--img-size', '32'], capsys)
     assert code == 130 and 'interrupted' in err and err.count('\n') == 1, err
     assert (tmp_path / 'm.onnx').read_bytes() == b'earlier'
+
+def _wnid_data(t: Path) -> Path:
+    "Two classes named by ImageNet-1K WordNet ids (tench, English springer), so a 1000-class model can be scored."
+    ds = fake_imagenet(t / 'wnid', n_classes=2, n_train=1, n_val=2)
+    for i, wnid in enumerate(['n01440764', 'n02102040']): (ds / 'val' / f'n{i:08d}').rename(ds / 'val' / wnid)
+    return ds
+
+def _overflowing(path: Path) -> Path:
+    "The state dict of an illama_tiny whose weights are finite but whose logits are not."
+    import timm
+    sd = timm.create_model('illama_tiny').state_dict()
+    sd['head.weight'] = torch.full_like(sd['head.weight'], 3e38)
+    torch.save(sd, path)
+    return path
+
+def test_illama_eval_records_no_result_from_overflowing_outputs(tmp_path, capsys):
+    "Finite weights whose logits overflow: exit 2, one line, and the --out file of an earlier evaluation untouched."
+    from illama.evaluate import main as eval_main
+    out = tmp_path / 'eval.json'
+    out.write_text('{"top1": 71.2}')
+    code, err = _run_main(eval_main, ['--model', 'illama_tiny', '--checkpoint', str(_overflowing(tmp_path / 'h.pth')),
+                                      '--data', str(_wnid_data(tmp_path)), '--workers', '0', '--out', str(out)], capsys)
+    assert code == 2 and "outputs hold NaN or infinite values for 4 of 4 images" in err and err.count('\n') == 1, err
+    assert out.read_text() == '{"top1": 71.2}'
+
+def test_illama_export_refuses_a_model_whose_logits_overflow(world, tmp_path, capsys):
+    "A checkpoint whose finite weights give non-finite logits is not exported (nothing written), exit 2."
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+    from illama.deploy import main as export_main
+    (tmp_path / 'huge').mkdir()
+    with safe_open(str(world['run'] / CKPT), 'pt') as f: md = f.metadata()
+    t = {k: v * 1e30 if k.startswith('model.') and v.is_floating_point() else v
+         for k, v in load_file(str(world['run'] / CKPT)).items()}
+    save_file(t, tmp_path / 'huge' / CKPT, metadata=md)
+    code, err = _run_main(export_main, [str(tmp_path / 'huge'), '--out', str(tmp_path / 'm.onnx'), '--check'], capsys)
+    assert code == 2 and "logits are not finite" in err and err.count('\n') == 1, err
+    assert not (tmp_path / 'm.onnx').exists()
+
+def test_a_failed_forced_rerun_keeps_the_finished_weights(world, tmp_path, capsys):
+    "`illama-repro --force` on data it cannot train from: refused before it starts; weights and result as they were."
+    args = ['table17', '--rows', 'ViT', '--regime', 'smoke', '--epochs', '1', '--root', str(tmp_path), '--allow-dirty']
+    assert repro_main([*args, '--data', str(world['big'])]) == 0
+    capsys.readouterr()
+    before = _snapshot(tmp_path / 'checkpoints'), _snapshot(tmp_path / 'results')
+    for data, says in ((world['one'], 'data has 1 class'), (world['small'], 'fewer than one batch')):
+        code, err = _run_main(repro_main, [*args, '--force', '--data', str(data)], capsys)
+        assert code == 2 and says in err and err.count('\n') == 1, err
+    assert before == (_snapshot(tmp_path / 'checkpoints'), _snapshot(tmp_path / 'results'))
+
+def test_illama_repro_refuses_a_result_of_another_length(world, tmp_path, capsys):
+    "A finished 1-epoch result is not the 2-epoch run asked for: exit 2 naming --force, never a silent skip."
+    spec = get_rows('table17', ['ViT'])[0]
+    write_result(result_path(tmp_path, 'smoke', spec, 0), dict(run_id=spec.run_id, seed=0, status='ok', top1=50.0,
+                                                                epochs=1))
+    code, err = _run_main(repro_main, ['table17', '--rows', 'ViT', '--regime', 'smoke', '--epochs', '2', '--root',
+                                       str(tmp_path), '--data', str(world['ds'])], capsys)
+    assert code == 2 and 'holds a 1-epoch run of' in err and 'not the 2 epochs asked for; pass --force' in err, err
+
+def test_illama_repro_refuses_weights_that_are_not_llama(world, tmp_path, capsys):
+    (tmp_path / 't.sh').write_text('#!/bin/sh\necho hi\n')
+    code, err = _run_main(repro_main, ['analyses', '--only', 'weight_selection', '--llama', str(tmp_path / 't.sh'),
+                                       '--regime', 'smoke', '--root', str(tmp_path / 'r'), '--data', str(world['ds'])],
+                          capsys)
+    assert code == 2 and "t.sh' cannot be read as LLaMA weights" in err and err.count('\n') == 1, err
+    assert not (tmp_path / 'r' / 'results').exists()
+
+@pytest.mark.parametrize('args,says', [
+    (['--init', 'illama_tiny.foo'], "init='illama_tiny.foo' is not a file or released weights"),
+    (['--init', 'illama_tiny.pth'], "init='illama_tiny.pth' is not a file or released weights"),
+    (['--init', ''], "--init='' is not allowed: give a value"),
+    (['--data', ''], "--data='' is not allowed"),
+    (['--cache', ''], "--cache='' is not allowed")])
+def test_illama_train_refuses_names_that_are_not_weights_and_empty_values(world, tmp_path, capsys, args, says):
+    code, err = _run_main(train_main, [*SMOKE, '--data', str(world['ds']), '--out', str(tmp_path / 'o'), *args], capsys)
+    assert code == 2 and says in err and err.count('\n') == 1 and 'Traceback' not in err, err
+
+def test_a_lock_path_that_is_a_folder_is_one_line(world, tmp_path, capsys):
+    (tmp_path / 'o' / '.train.lock').mkdir(parents=True)
+    code, err = _run_main(train_main, [*SMOKE, '--data', str(world['ds']), '--out', str(tmp_path / 'o')], capsys)
+    assert code == 2 and ".train.lock' cannot be opened (Is a directory)" in err and err.count('\n') == 1, err
+
+def test_a_rebuilt_record_keeps_the_runs_own_numbers(world, tmp_path, capsys):
+    "results.json of a finished run lost: the same command writes it again from the checkpoint, with the run's times."
+    shutil.copytree(world['run'], tmp_path / 'run')
+    good = read_result(tmp_path / 'run' / 'results.json')
+    (tmp_path / 'run' / 'results.json').write_text('{garbage')
+    args = ['--step', 'ViT', *SMOKE, '--data', str(world['ds']), '--out', str(tmp_path / 'run'), '--cache',
+            str(world['t'] / 'c')]
+    assert _run_main(train_main, args, capsys)[0] == 0
+    again = read_result(tmp_path / 'run' / 'results.json')
+    last = good['history'][-1]
+    assert again['model_step_share'] == last['model_step_share'] > 0 and again['wall_time_s'] == last['wall_s']
+    keys = ('top1', 'top5', 'train_loss', 'epochs')
+    assert {k: again[k] for k in keys} == {k: good[k] for k in keys}
+
+def test_illama_bench_int8_top1_checks_its_data_first(tmp_path, capsys):
+    from illama.workshop.bench import main as bench_main
+    for args, says in ((['--int8-top1', '--data', str(tmp_path / 'nope')], 'is not a folder'),
+                       (['--int8-top1', '--deploy'], '--int8-top1 and --deploy are two runs of their own')):
+        code, err = _run_main(bench_main, [*args, '--root', str(tmp_path / 'r'), '--out', str(tmp_path / 'b.md')],
+                              capsys)
+        assert code == 2 and says in err and err.count('\n') == 1, err
+    assert not (tmp_path / 'r' / 'results').exists()

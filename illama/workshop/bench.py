@@ -16,7 +16,7 @@ from ..models import count_params          # importing it registers illama_* wit
 from ..kernels import bf16_products, causal_needed_macs, counted_macs, cpu_flags, image_bytes, table2_flops
 from ..vit import image_chunks, use_kernels
 from ..paper import TABLE6
-from ..data import check_writable, write_text_atomic, CliParser
+from ..data import check_writable, write_text_atomic, CliParser, find_data, scan_folder, error_line
 from ..results import fmt
 from ..deploy import export_onnx, export_program, load_model, onnx_session, quantize, run_onnx
 from .layout import tables_dir
@@ -561,6 +561,10 @@ def _check(a):
         v = getattr(a, name)
         if v is not None and v < 1: raise ValueError(f"--{name}={v} is not allowed; it must be a positive integer")
     if a.latency_images < 1: raise ValueError(f'--latency-images={a.latency_images} must be a positive integer')
+    if a.int8_top1 and a.deploy: raise ValueError("--int8-top1 and --deploy are two runs of their own: pass one")
+    if a.int8_top1:                     # it may train a cpu-regime row first: its data and --root, checked now
+        scan_folder(find_data(a.data), max_per_class=1)
+        check_writable(a.root, '--root', folder=True)
     if a.deploy and a.out == DEFAULT_OUT: a.out = DEFAULT_OUT.replace('throughput', 'deploy')
     if a.warmup < 0: raise ValueError(f'--warmup={a.warmup} is not allowed; it must be >= 0')
     if a.img_size < 16 or a.img_size % 16:
@@ -593,7 +597,9 @@ def main(argv=None) -> int:
     except ValueError as e: return p.fail(e)
     if a.threads: torch.set_num_threads(a.threads)
     log = lambda s: print(s, flush=True)
-    if a.int8_top1 or a.deploy: return _deploy_main(a, argv, out, log)
+    if a.int8_top1 or a.deploy:
+        try: return _deploy_main(a, argv, out, log)
+        except RuntimeError as e: return p.fail(error_line(e), 1)       # the training run it needed failed
     res = run_benchmark(a.sizes, a.batch, a.img_size, a.repeats, a.warmup, a.device, not a.no_train,
                         not a.no_memory, a.compile, a.bf16, log)
     prof = profile_table('T', res['settings']['batch'], a.img_size, res['settings']['device']) if a.profile else ''

@@ -10,14 +10,17 @@ from ..vit import check_choice
 from ..recipes import MAX_EPOCHS, REGIMES
 from ..data import check_writable, find_data, git_revision, scan_folder, CliParser
 from ..results import read_analysis, write_analysis
-from .rows import TABLES, RowSpec, get_rows
+from .rows import TABLES, RowSpec, get_rows, row_recipe
+from ..train import check_trainable
+from .weight_selection import llama_keys, llama_shape
 from .layout import analysis_notebook_path, analysis_path, result_path, tables_dir
 from .tables import write_tables
 from .analyses import ANALYSES, ANALYSIS_SEEDS, Analysis, get_analysis
 from .runner import DirtyTree, check_clean, dirty_allowed, done_record, execute_or_record, run_row
 
 # %% auto #0
-__all__ = ['analysis_functions', 'render_analysis', 'run_analysis', 'run_analyses', 'redraw_analyses', 'plan_rows', 'main']
+__all__ = ['analysis_functions', 'render_analysis', 'run_analysis', 'run_analyses', 'redraw_analyses', 'plan_rows',
+           'check_done_epochs', 'check_data_fits', 'main']
 
 # %% ../../nbs/15_repro.ipynb #1b592120
 def analysis_functions(a: Analysis):
@@ -120,6 +123,7 @@ def _check_paths(a):
     if a.data and not Path(a.data).is_dir(): raise ValueError(f'--data={a.data!r} is not a folder')
     if a.llama and not Path(a.llama).exists():
         raise ValueError(f'--llama={a.llama!r} does not exist; give a LLaMA checkpoint file or folder')
+    if a.llama: llama_shape(llama_keys(a.llama))     # its tensor names only: LLaMA weights, or a clear error
     check_writable(a.root, '--root', folder=True)      # last: it makes the folder
 
 def _check_analyses(a):
@@ -135,6 +139,7 @@ def plan_rows(a) -> list[RowSpec]:
     "The rows the arguments ask for, every argument checked (a `ValueError` names the first bad one)."
     check_choice('regime', a.regime, tuple(REGIMES))
     names = list(TABLES) if 'all' in a.tables else [t for t in a.tables if t not in ('tables', 'analyses')]
+    names = list(dict.fromkeys(names))                                  # a table named twice runs once
     for t in names:
         if t not in TABLES:
             targets = list(TABLES) + ['all', 'tables', 'analyses']
@@ -159,12 +164,36 @@ def _run(a, specs, data) -> int:
                                allow_dirty=a.allow_dirty, llama=str(Path(a.llama).resolve()) if a.llama else None)
     return failed
 
+def _to_train(a, specs) -> list[RowSpec]:
+    "The rows with a seed to train: not done yet, or all with `--force`."
+    seeds = a.seeds or [0]
+    return [s for s in specs if a.force or any(done_record(result_path(a.root, a.regime, s, n)) is None for n in seeds)]
+
 def _trains(a, specs) -> bool:
     "Whether a run ahead trains or reads images: a row not done yet (or `--force`), or an analysis of trained models."
-    seeds = a.seeds or [0]
-    if any(a.force or done_record(result_path(a.root, a.regime, s, seed)) is None for s in specs for seed in seeds):
-        return True
+    if _to_train(a, specs): return True
     return 'analyses' in a.tables and any(ANALYSES[n].models for n in (a.only or ANALYSES))
+
+def check_done_epochs(a, specs):
+    "A finished result of another length than the one asked for is refused (name `--force`), never silently reused."
+    for s in [] if a.force else specs:
+        want = row_recipe(s, a.regime, epochs=a.epochs).epochs
+        for seed in a.seeds or [0]:
+            path = result_path(a.root, a.regime, s, seed)
+            if (r := done_record(path)) and r.get('epochs') != want:
+                raise ValueError(f"{str(path)!r} holds a {r.get('epochs')}-epoch run of {s.row!r} (seed {seed}), not "
+                                 f"the {want} epochs asked for; pass --force to replace it")
+
+def check_data_fits(a, specs, data):
+    "Every row to train finds two classes or more and a whole batch in the data, as its trainer will check."
+    folder, scanned = find_data(data), {}
+    for s in _to_train(a, specs):
+        r = row_recipe(s, a.regime, epochs=a.epochs)
+        if r.dataset != 'imagenet': continue                   # CIFAR: torchvision's files, checked by the trainer
+        if r.max_per_class not in scanned: scanned[r.max_per_class] = scan_folder(folder, r.max_per_class)
+        classes, items = scanned[r.max_per_class]
+        check_trainable(len(items['train']), classes, r.batch_size, a.nproc)
+    if not scanned: scan_folder(folder, max_per_class=1)        # the analyses read it too
 
 def main(argv=None) -> int:
     "Console entry point `illama-repro`: 0 when every row finished, 1 when one failed, 2 for bad input."
@@ -174,9 +203,10 @@ def main(argv=None) -> int:
     try:
         specs = plan_rows(a)
         data = str(find_data(a.data, download=True)) if a.download else a.data
-        if _trains(a, specs):          # refused now, not after the first run has started: a dirty tree, missing data
+        check_done_epochs(a, specs)
+        if _trains(a, specs):          # refused now, not after the first run has started: a dirty tree, bad data
             check_clean(a.allow_dirty, 'these results')
-            scan_folder(find_data(data), max_per_class=1)
+            check_data_fits(a, specs, data)
     except (ValueError, DirtyTree) as e: return p.fail(e)
     try: failed = _run(a, specs, data)
     except DirtyTree as e: return p.fail(e)
@@ -184,8 +214,8 @@ def main(argv=None) -> int:
         print('illama-repro: interrupted; run the same command to go on (finished runs are skipped)', file=sys.stderr)
         return 130
     if 'tables' in a.tables:                   # the analyses' tables and figures too, from their results
-        for p in redraw_analyses(a.regime, a.root): print(f'wrote {p}')
-    for p in write_tables(a.regime, a.root): print(f'wrote {p}')
+        for f in redraw_analyses(a.regime, a.root): print(f'wrote {f}')
+    for f in write_tables(a.regime, a.root): print(f'wrote {f}')
     return 1 if failed else 0
 
 # %% ../../nbs/15_repro.ipynb #a5763f3a

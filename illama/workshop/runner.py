@@ -4,7 +4,7 @@
 
 # %% ../../nbs/14b_runner.ipynb #ee9bebd5
 from __future__ import annotations
-import json, os, subprocess, sys, tempfile, time
+import json, os, shutil, subprocess, sys, tempfile, time
 from contextlib import contextmanager
 from pathlib import Path
 from ..vit import check_choice
@@ -18,7 +18,7 @@ from .layout import checkpoint_dir, result_path, run_notebook_path
 # %% auto #0
 __all__ = ['ALLOW_DIRTY', 'CHAPTERS', 'SHUTDOWN_NOISE', 'DirtyTree', 'check_clean', 'dirty_allowed', 'train_spec', 'train_row',
            'run_lock', 'nbs_dir', 'strip_images', 'failure_reason', 'pass_on', 'execute_chapter', 'done_record',
-           'record_failure', 'execute_or_record', 'run_row']
+           'record_failure', 'execute_or_record', 'fresh_dir', 'replace_dir', 'run_row']
 
 # %% ../../nbs/14b_runner.ipynb #e7e37526
 ALLOW_DIRTY = 'ILLAMA_ALLOW_DIRTY'   # '1': record from a dirty tree (set by --allow-dirty for the chapters' kernels)
@@ -154,7 +154,7 @@ def execute_chapter(chapter: str, out_nb, params: dict, timeout=None, keep_image
         try: pm.execute_notebook(str(nbs / f'{chapter}.ipynb'), str(out_nb), parameters=params, cwd=str(nbs),
                                  progress_bar=False, execution_timeout=timeout, log_output=False,
                                  kernel_manager_class=_kernel_manager(log))
-        except KeyboardInterrupt: raise     # we stopped the kernel in a cell: what it says about that is only noise
+        except (KeyboardInterrupt, TimeoutError): raise     # we stopped the kernel in a cell: what it says is noise
         except BaseException:
             pass_on(log)
             raise
@@ -190,9 +190,20 @@ def execute_or_record(chapter: str, out_nb, params: dict, result, record: dict, 
     return None
 
 # %% ../../nbs/14b_runner.ipynb #6a8fe062
-def _forget_checkpoint(folder: Path):
-    "`--force`: remove the run's checkpoint, so the trainer starts from scratch (the old result stays until replaced)."
-    for name in ('checkpoint.safetensors', 'results.json', 'results.png'): (folder / name).unlink(missing_ok=True)
+def fresh_dir(ck: Path) -> Path:
+    "`--force`: an empty folder beside the run's checkpoint folder `ck`, to train from scratch; `ck` stays as it is."
+    new = ck.with_name(ck.name + '.force')
+    shutil.rmtree(new, ignore_errors=True)        # what an earlier forced run that failed left
+    new.mkdir(parents=True)
+    return new
+
+def replace_dir(ck: Path, new: Path):
+    "The forced run finished: its folder `new` takes the place of `ck` (the old weights go only now)."
+    old = ck.with_name(ck.name + '.old')
+    shutil.rmtree(old, ignore_errors=True)
+    if ck.exists(): ck.rename(old)
+    new.rename(ck)
+    shutil.rmtree(old, ignore_errors=True)
 
 def run_row(spec: RowSpec, regime: str, seed: int = 0, root='experiments', data=None, epochs=None, nproc: int = 1,
             force: bool = False, timeout: int | None = None, log=print, allow_dirty: bool = False) -> dict:
@@ -205,14 +216,15 @@ def run_row(spec: RowSpec, regime: str, seed: int = 0, root='experiments', data=
             log(f'skip {what}: done')
             return done
         check_clean(allow_dirty, f'the result of {what}')
-        if force: _forget_checkpoint(ck)
+        out = fresh_dir(ck) if force else ck       # a forced run keeps the finished weights until it finishes
         out_nb = run_notebook_path(root, regime, spec, seed)
         params = dict(regime=regime, table=spec.table, row=spec.row, seed=seed, epochs=epochs, nproc=nproc,
-                      data=str(Path(data).resolve()) if data else None, out=str(ck), result=str(res))
+                      data=str(Path(data).resolve()) if data else None, out=str(out), result=str(res))
         log(f'run  {what} -> {out_nb}')
         record = dict(run_id=spec.run_id, table=spec.table, row=spec.row, step=spec.step, seed=seed, regime=regime)
         with dirty_allowed(allow_dirty):
             failed = execute_or_record(CHAPTERS[spec.step], out_nb, params, res, record, timeout)
+        if force and not failed: replace_dir(ck, out)
     if failed: log(f"FAILED {what}: {failed['error']}")
     return failed or read_result(res)
 

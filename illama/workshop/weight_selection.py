@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from ..vit import Illama, check_choice
 from ..results import mean_sd
-from ..data import write_text_atomic
+from ..data import write_text_atomic, error_line
 from ..recipes import step_model_config
 from ..train import TrainConfig, train, load_tensors
 from .. import paper
@@ -105,9 +105,12 @@ def llama_keys(path) -> list[str]:
     from safetensors import safe_open
     out = []
     for f in _llama_files(Path(path)):
-        if f.suffix == '.safetensors':
-            with safe_open(str(f), 'pt') as s: out += list(s.keys())
-        else: out += list(torch.load(f, map_location='cpu', mmap=True, weights_only=True))
+        try:
+            if f.suffix == '.safetensors':
+                with safe_open(str(f), 'pt') as s: out += list(s.keys())
+            else: out += list(torch.load(f, map_location='cpu', mmap=True, weights_only=True))
+        except Exception as e:     # safetensors and torch.load raise their own errors for foreign files
+            raise ValueError(f"llama={str(f)!r} cannot be read as LLaMA weights ({error_line(e)})") from e
     return out
 
 # %% ../../nbs/19_weight_selection.ipynb #79e5ba7c
