@@ -243,7 +243,7 @@ def check_writable(path, flag: str, folder: bool = False) -> Path:
 def error_line(e: BaseException, limit: int = 200) -> str:
     "An exception as one line: its type and its message's first sentence, cut at a word (with …) only if still long."
     lines = [l for l in str(e).strip().splitlines() if l.strip()] or ['']
-    text = ' '.join(' '.join(lines[:2] if lines[0].rstrip().endswith(':') else lines[:1]).split())   # 'Errors in X:' + what
+    text = ' '.join(' '.join(lines[:2] if lines[0].rstrip().endswith(':') else lines[:1]).split())   # 'In X:' + what
     first = m.group(1) if (m := re.match(r'(.+?[.!?])(?:\s|$)', text)) else text
     if len(first) > limit: first = first[:limit].rsplit(' ', 1)[0] + ' …'
     return f"{type(e).__name__}: {first}"

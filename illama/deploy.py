@@ -123,7 +123,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 def main(argv=None) -> int:
-    "Entry point of `illama-export`: 0 when written (and checked), 2 for bad input, 1 for a failed check, 130 on Ctrl-C."
+    "Entry point of `illama-export`: 0 when written (and checked); 2 bad input, 1 a failed check, 130 Ctrl-C."
     p = _parser()
     a = p.parse_args(sys.argv[1:] if argv is None else argv)
     try: return _export(p, a)

@@ -48,7 +48,7 @@ def load_tensors(recipe: Recipe, data=None, cache=None, download=False):
 
 # %% ../nbs/11_train.ipynb #7d1f84bf
 def check_trainable(tensors, classes, batch_size: int, nproc: int = 1):
-    "A `ValueError` unless the data gives every process a training batch, of two classes or more (`tensors`: or a count)."
+    "A `ValueError` unless the data gives every process a batch of two classes or more (`tensors`: or its size)."
     if len(classes) < 2:
         raise ValueError(f"data has {len(classes)} class ({classes}); a classifier needs at least 2 class folders")
     train = tensors if isinstance(tensors, int) else tensors['train']
