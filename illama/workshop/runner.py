@@ -4,7 +4,7 @@
 
 # %% ../../nbs/14b_runner.ipynb #ee9bebd5
 from __future__ import annotations
-import json, os, shutil, subprocess, sys, tempfile, time
+import json, logging, os, shutil, subprocess, sys, tempfile, time
 from contextlib import contextmanager
 from pathlib import Path
 from ..vit import check_choice
@@ -150,6 +150,8 @@ def execute_chapter(chapter: str, out_nb, params: dict, timeout=None, keep_image
     nbs = Path(nbs) if nbs else nbs_dir()
     out_nb = Path(out_nb)
     out_nb.parent.mkdir(parents=True, exist_ok=True)
+    quiet = logging.getLogger('papermill')         # its errors say again what the exception raised here says
+    level, quiet.level = quiet.level, logging.CRITICAL
     with tempfile.TemporaryFile('w+') as log:
         try: pm.execute_notebook(str(nbs / f'{chapter}.ipynb'), str(out_nb), parameters=params, cwd=str(nbs),
                                  progress_bar=False, execution_timeout=timeout, log_output=False,
@@ -160,6 +162,7 @@ def execute_chapter(chapter: str, out_nb, params: dict, timeout=None, keep_image
             raise
         else: pass_on(log)
         finally:
+            quiet.setLevel(level)
             if out_nb.exists(): strip_images(out_nb, keep_images)
     return out_nb
 
