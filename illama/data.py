@@ -266,7 +266,7 @@ class CliParser(argparse.ArgumentParser):
     def fail(self, e, code: int = 2) -> int:
         "Say `e` (an exception's last line, or a message) as `prog: error: ...` on stderr; return exit `code`."
         lines = str(e).strip().splitlines() or [type(e).__name__]
-        print(f"{self.prog}: error: {lines[-1]}", file=sys.stderr)
+        print(f"{self.prog}: error: {lines[-1].strip()}", file=sys.stderr)
         return code
 
 # %% ../nbs/10_data.ipynb #68de79d8

@@ -138,7 +138,7 @@ def _from_hub(tag: str, local_option: str = '--checkpoint', **kwargs):
     import timm
     from huggingface_hub import constants
     base = tag.split('.')[0]
-    if '.' not in tag and base in timm.list_models(pretrained=True): tag = timm.list_pretrained(base)[0]
+    if '.' not in tag and (tags := timm.list_pretrained(base + '.*')): tag = tags[0]      # its default weights
     known = tag in timm.list_pretrained(base + '*')             # an unknown tag gets timm's own message below
     if known and not constants.HF_HUB_OFFLINE and not hub_reachable():   # now, not after five retries with back-off
         raise ValueError(f"model={tag!r}: the Hugging Face hub ({constants.ENDPOINT}) cannot be reached from here; "

@@ -475,7 +475,10 @@ def test_a_failed_forced_rerun_keeps_the_finished_weights(world, tmp_path, capsy
     assert repro_main([*args, '--data', str(world['big'])]) == 0
     capsys.readouterr()
     before = _snapshot(tmp_path / 'checkpoints'), _snapshot(tmp_path / 'results')
-    for data, says in ((world['one'], 'data has 1 class'), (world['small'], 'fewer than one batch')):
+    text = shutil.copytree(world['big'], tmp_path / 'text')              # found only when the run decodes it
+    (next((text / 'train').rglob('*.png'))).write_text('not an image')
+    for data, says in ((world['one'], 'data has 1 class'), (world['small'], 'fewer than one batch'),
+                       (text, 'cannot be decoded')):
         code, err = _run_main(repro_main, [*args, '--force', '--data', str(data)], capsys)
         assert code == 2 and says in err and err.count('\n') == 1, err
     assert before == (_snapshot(tmp_path / 'checkpoints'), _snapshot(tmp_path / 'results'))

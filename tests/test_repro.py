@@ -70,18 +70,25 @@ def test_a_row_runs_through_its_chapter_then_is_skipped_then_forced(ds, tmp_path
     forced = run_row(spec, 'smoke', 0, tmp_path, data=ds, epochs=1, force=True)
     assert forced['status'] == 'ok' and forced['resumed_from_epoch'] == 0   # --force retrains from scratch
 
-def test_a_failed_row_is_recorded_and_shown(tmp_path):
+def test_a_failed_row_is_recorded_and_shown(ds, tmp_path):
     spec = get_rows('table17', ['ViT'])[0]
-    r = run_row(spec, 'smoke', 0, tmp_path, data=tmp_path / 'no-such-data', epochs=1)
-    assert r['status'] == 'failed' and r['error'].startswith('ValueError: data=') and 'no-such-data' in r['error']
-    assert '**failed**: ValueError: data=' in render_table('table17', 'smoke', tmp_path)
+    r = run_row(spec, 'smoke', 0, tmp_path, data=ds, epochs=2, timeout=1)
+    assert r['status'] == 'failed' and r['error'].startswith('timed out')
+    assert '**failed**: timed out' in render_table('table17', 'smoke', tmp_path)
 
-def test_a_failed_rerun_keeps_the_finished_result(tmp_path):
-    "`--force` that fails (here: no data) reports the failure and leaves the finished result as it was."
+def test_bad_input_found_by_a_run_is_an_error_not_a_failed_run(tmp_path):
+    "Data the chapter cannot read, before any epoch: a ValueError for the caller, and no record of a failed run."
+    spec = get_rows('table17', ['ViT'])[0]
+    with pytest.raises(ValueError, match='no-such-data'):
+        run_row(spec, 'smoke', 0, tmp_path, data=tmp_path / 'no-such-data', epochs=1)
+    assert not result_path(tmp_path, 'smoke', spec, 0).exists()
+
+def test_a_failed_rerun_keeps_the_finished_result(ds, tmp_path):
+    "`--force` that fails (here: a timeout) reports the failure and leaves the finished result as it was."
     spec = get_rows('table17', ['ViT'])[0]
     good = write_result(result_path(tmp_path, 'smoke', spec, 0), dict(run_id=spec.run_id, seed=0, status='ok', top1=62.5))
-    r = run_row(spec, 'smoke', 0, tmp_path, data=tmp_path / 'no-such-data', epochs=1, force=True)
-    assert r['status'] == 'failed' and 'no-such-data' in r['error']
+    r = run_row(spec, 'smoke', 0, tmp_path, data=ds, epochs=2, force=True, timeout=1)
+    assert r['status'] == 'failed' and r['error'].startswith('timed out')
     assert read_result(good) == dict(run_id=spec.run_id, seed=0, status='ok', top1=62.5)
 
 def test_a_timeout_says_so(ds, tmp_path):

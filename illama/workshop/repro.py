@@ -209,7 +209,7 @@ def main(argv=None) -> int:
             check_data_fits(a, specs, data)
     except (ValueError, DirtyTree) as e: return p.fail(e)
     try: failed = _run(a, specs, data)
-    except DirtyTree as e: return p.fail(e)
+    except (DirtyTree, ValueError) as e: return p.fail(e)        # bad input a run's chapter found: no record
     except KeyboardInterrupt:   # the run in progress was recorded as failed (a finished result is kept); resumable
         print('illama-repro: interrupted; run the same command to go on (finished runs are skipped)', file=sys.stderr)
         return 130

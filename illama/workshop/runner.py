@@ -10,6 +10,7 @@ from pathlib import Path
 from ..vit import check_choice
 from ..recipes import REGIMES, Recipe
 from ..train import TrainConfig, file_lock, train
+from ..checkpoints import CKPT
 from ..data import git_revision
 from ..results import ResultError, read_result, write_result
 from .rows import RowSpec, get_rows, row_recipe
@@ -182,17 +183,22 @@ def record_failure(path, record: dict, e: BaseException, timeout=None, wall_s=No
 
 # %% ../../nbs/14b_runner.ipynb #ed73c1bc
 def execute_or_record(chapter: str, out_nb, params: dict, result, record: dict, timeout=None, keep_images: int = 2,
-                      read=read_result, write=write_result, nbs=None) -> dict | None:
+                      read=read_result, write=write_result, nbs=None, bad_input=lambda e: False) -> dict | None:
     "Execute `chapter`; None when it ran, else its failure record (see `record_failure`), also on an interrupt."
     t0 = time.time()
     try: execute_chapter(chapter, out_nb, params, timeout, keep_images, nbs)
-    except BaseException as e:     # recorded, never silently missing
+    except BaseException as e:     # recorded, never silently missing; bad input is the caller's error, not a run's
+        if bad_input(e): raise ValueError(str(getattr(e, 'evalue', e))) from e
         r = record_failure(result, record, e, timeout, round(time.time() - t0, 1), read, write)
         if isinstance(e, KeyboardInterrupt): raise
         return r
     return None
 
 # %% ../../nbs/14b_runner.ipynb #6a8fe062
+def _refused(e, out: Path) -> bool:
+    "The chapter stopped on a `ValueError` (bad input, e.g. an image that cannot be decoded) before any epoch ended."
+    return getattr(e, 'ename', None) == 'ValueError' and not (Path(out) / CKPT).exists()
+
 def fresh_dir(ck: Path) -> Path:
     "`--force`: an empty folder beside the run's checkpoint folder `ck`, to train from scratch; `ck` stays as it is."
     new = ck.with_name(ck.name + '.force')
@@ -226,7 +232,8 @@ def run_row(spec: RowSpec, regime: str, seed: int = 0, root='experiments', data=
         log(f'run  {what} -> {out_nb}')
         record = dict(run_id=spec.run_id, table=spec.table, row=spec.row, step=spec.step, seed=seed, regime=regime)
         with dirty_allowed(allow_dirty):
-            failed = execute_or_record(CHAPTERS[spec.step], out_nb, params, res, record, timeout)
+            failed = execute_or_record(CHAPTERS[spec.step], out_nb, params, res, record, timeout,
+                                       bad_input=lambda e: _refused(e, out))
         if force and not failed: replace_dir(ck, out)
     if failed: log(f"FAILED {what}: {failed['error']}")
     return failed or read_result(res)
