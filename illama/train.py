@@ -379,7 +379,7 @@ def _parser():
 
 def _fail(msg, code: int = 2) -> int:
     "Say `msg` in one line on stderr; the exit code (2: bad input; 1: the run itself failed)."
-    return _parser().fail(msg, code)
+    return CliParser(prog='illama-train').fail(msg, code)
 
 def check_int(name: str, value, lo: int, hi: int):
     "A `ValueError` naming `--name` unless `lo <= value <= hi` (None passes: the default applies)."
@@ -457,8 +457,6 @@ def plan_from_args(a) -> TrainConfig:
         raise ValueError(f"init={a.init!r} is not a file or released weights (a timm tag such as illama_tiny.in1k)")
     check_int('freeze_epochs', a.freeze_epochs, 0, MAX_EPOCHS)
     if a.cache: cache_dir(a.cache)
-    if a.out is not None and not a.out.strip():
-        raise ValueError("--out='' is not allowed: give a folder, or leave --out out for runs/<step>-<size>-<regime>")
     out = Path(a.out) if a.out else default_out(step, a.size, a.regime)
     if a.resume and not (out / CKPT).exists(): raise ValueError(f"--resume but {str(out / CKPT)!r} does not exist")
     _check_out(out)

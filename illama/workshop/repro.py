@@ -169,10 +169,9 @@ def _to_train(a, specs) -> list[RowSpec]:
     seeds = a.seeds or [0]
     return [s for s in specs if a.force or any(done_record(result_path(a.root, a.regime, s, n)) is None for n in seeds)]
 
-def _trains(a, specs) -> bool:
-    "Whether a run ahead trains or reads images: a row not done yet (or `--force`), or an analysis of trained models."
-    if _to_train(a, specs): return True
-    return 'analyses' in a.tables and any(ANALYSES[n].models for n in (a.only or ANALYSES))
+def _trains(a, todo) -> bool:
+    "Whether a run ahead trains or reads images: a row to train (`todo`), or an analysis of trained models."
+    return bool(todo) or 'analyses' in a.tables and any(ANALYSES[n].models for n in (a.only or ANALYSES))
 
 def check_done_epochs(a, specs):
     "A finished result of another length than the one asked for is refused (name `--force`), never silently reused."
@@ -184,10 +183,10 @@ def check_done_epochs(a, specs):
                 raise ValueError(f"{str(path)!r} holds a {r.get('epochs')}-epoch run of {s.row!r} (seed {seed}), not "
                                  f"the {want} epochs asked for; pass --force to replace it")
 
-def check_data_fits(a, specs, data):
-    "Every row to train finds two classes or more and a whole batch in the data, as its trainer will check."
+def check_data_fits(a, todo, data):
+    "Every row to train (`todo`) finds two classes or more and a whole batch in the data, as its trainer will check."
     folder, scanned = find_data(data), {}
-    for s in _to_train(a, specs):
+    for s in todo:
         r = row_recipe(s, a.regime, epochs=a.epochs)
         if r.dataset != 'imagenet': continue                   # CIFAR: torchvision's files, checked by the trainer
         if r.max_per_class not in scanned: scanned[r.max_per_class] = scan_folder(folder, r.max_per_class)
@@ -204,9 +203,10 @@ def main(argv=None) -> int:
         specs = plan_rows(a)
         data = str(find_data(a.data, download=True)) if a.download else a.data
         check_done_epochs(a, specs)
-        if _trains(a, specs):          # refused now, not after the first run has started: a dirty tree, bad data
+        todo = _to_train(a, specs)
+        if _trains(a, todo):           # refused now, not after the first run has started: a dirty tree, bad data
             check_clean(a.allow_dirty, 'these results')
-            check_data_fits(a, specs, data)
+            check_data_fits(a, todo, data)
     except (ValueError, DirtyTree) as e: return p.fail(e)
     try: failed = _run(a, specs, data)
     except (DirtyTree, ValueError) as e: return p.fail(e)        # bad input a run's chapter found: no record

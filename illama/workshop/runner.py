@@ -152,7 +152,8 @@ def execute_chapter(chapter: str, out_nb, params: dict, timeout=None, keep_image
     out_nb = Path(out_nb)
     out_nb.parent.mkdir(parents=True, exist_ok=True)
     quiet = logging.getLogger('papermill')         # its errors say again what the exception raised here says
-    level, quiet.level = quiet.level, logging.CRITICAL
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
     with tempfile.TemporaryFile('w+') as log:
         try: pm.execute_notebook(str(nbs / f'{chapter}.ipynb'), str(out_nb), parameters=params, cwd=str(nbs),
                                  progress_bar=False, execution_timeout=timeout, log_output=False,
