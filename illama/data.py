@@ -5,6 +5,7 @@
 # %% ../nbs/10_data.ipynb #009018c5
 from __future__ import annotations
 import argparse, hashlib, math, os, re, subprocess, sys, tempfile, time, warnings
+from contextlib import contextmanager
 from pathlib import Path
 import torch, torch.nn.functional as F
 from fastcore.basics import chunked
@@ -16,8 +17,8 @@ with warnings.catch_warnings():   # fastai warns about its own use of torch.jit.
 # %% auto #0
 __all__ = ['IMG_EXTS', 'SPLITS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'find_data', 'fake_imagenet', 'scan_folder', 'open_rgb',
            'load_image', 'cache_dir', 'atomic_save', 'write_text_atomic', 'git_revision', 'cache_file', 'decode_items',
-           'check_writable', 'error_line', 'CliParser', 'rrc_flip_theta', 'BatchAugment', 'TensorDL', 'folder_tensors',
-           'cifar_tensors', 'make_dls', 'FolderImages', 'StreamDL', 'folder_images']
+           'tidy_folders', 'check_writable', 'error_line', 'CliParser', 'rrc_flip_theta', 'BatchAugment', 'TensorDL',
+           'folder_tensors', 'cifar_tensors', 'make_dls', 'FolderImages', 'StreamDL', 'folder_images']
 
 # %% ../nbs/10_data.ipynb #e4e64a67
 IMG_EXTS = ('.jpeg', '.jpg', '.png', '.bmp', '.webp')
@@ -225,6 +226,16 @@ def decode_items(items, size: int, cache=None, key: str = '', workers: int = 2, 
     return x, y
 
 # %% ../nbs/10_data.ipynb #c8e2deb9
+@contextmanager
+def tidy_folders(folder):
+    "Within the block, `folder` may be made (with its missing parents); after it, those still empty are removed."
+    made = [p for p in (Path(folder), *Path(folder).parents) if not p.exists()]     # deepest first
+    try: yield
+    finally:
+        for p in made:
+            try: p.rmdir()
+            except OSError: break          # not empty (something was written there), or never made
+
 def check_writable(path, flag: str, folder: bool = False) -> Path:
     "`path` if a file (or, with `folder`, files inside it) can be written there; else a `ValueError` naming `flag`."
     p = Path(path)
@@ -233,10 +244,11 @@ def check_writable(path, flag: str, folder: bool = False) -> Path:
     if not folder and p.is_dir(): raise ValueError(f"{flag}={str(path)!r} is a folder; expected a file name")
     if folder and p.exists() and not p.is_dir(): raise ValueError(f"{flag}={str(path)!r} is a file; expected a folder")
     try:
-        where.mkdir(parents=True, exist_ok=True)
-        probe = where / f'.{p.name}.write-probe'
-        probe.write_text('')
-        probe.unlink()
+        with tidy_folders(where):          # a check leaves nothing behind: the writer makes the folder it writes in
+            where.mkdir(parents=True, exist_ok=True)
+            probe = where / f'.{p.name}.write-probe'
+            probe.write_text('')
+            probe.unlink()
     except OSError as e: raise ValueError(f"{flag}={str(path)!r} cannot be written ({e.strerror or e})") from e
     return p
 
@@ -261,13 +273,21 @@ class CliParser(argparse.ArgumentParser):
             empty = value if eq else args[i + 1] if i + 1 < len(args) else None
             if x.startswith('--') and empty is not None and not empty.strip():
                 self.error(f"{name}={empty!r} is not allowed: give a value, or leave {name} out for its default")
+        warnings.formatwarning = self.warning_line       # the command runs now: its warnings are one line too
         return super().parse_known_args(args, namespace)
 
     def fail(self, e, code: int = 2) -> int:
         "Say `e` (an exception's last line, or a message) as `prog: error: ...` on stderr; return exit `code`."
         lines = str(e).strip().splitlines() or [type(e).__name__]
-        print(f"{self.prog}: error: {lines[-1].strip()}", file=sys.stderr)
+        last = lines[-1].strip()
+        if 'Traceback (most recent call last)' in str(e):    # a loader worker's error, its traceback as the message
+            last = re.sub(r'^[\w.]+: ', '', last, count=1)     # whose last line is 'ValueError: what went wrong'
+        print(f"{self.prog}: error: {last}", file=sys.stderr)
         return code
+
+    def warning_line(self, message, category, filename, lineno, line=None) -> str:
+        "A warning as a command says it: `prog: warning: ...`, one line (Python's default adds its source line)."
+        return f"{self.prog}: warning: {message}\n"
 
 # %% ../nbs/10_data.ipynb #68de79d8
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -82,6 +82,7 @@ def export_onnx(src, path, img_size=None, batch: int = 2, opset: int | None = No
                                  input_names=['images'], output_names=['logits'], opset_version=opset, verbose=False)
     tmp = path.with_name(f'.{path.name}.partial')     # written whole, then moved: a stopped export keeps the old file
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)     # the check above leaves no folder it made
         prog.save(str(tmp))
         os.replace(tmp, path)
     finally: tmp.unlink(missing_ok=True)

@@ -21,7 +21,7 @@ with warnings.catch_warnings():   # fastai and pandas warn about their own depre
 from fastcore.basics import noop
 from .vit import get_step, Illama, ROADMAP, SIZES, check_choice
 from .data import find_data, folder_tensors, folder_images, FolderImages, cifar_tensors, make_dls, BatchAugment
-from .data import atomic_save, cache_dir, git_revision, scan_folder, CliParser
+from .data import atomic_save, cache_dir, git_revision, scan_folder, CliParser, check_writable, tidy_folders
 from .results import ResultError, read_result, write_result
 from .recipes import (Recipe, RECIPES, REGIMES, MAX_EPOCHS, PIPELINES, step_recipe, step_model_config,
                             check_precision, lr_scheds, make_mixup)
@@ -336,8 +336,8 @@ def out_lock(out):
     def refuse(pid):
         raise ValueError(f"out={str(out)!r} is being trained by process {pid}; wait for it, or choose another --out")
     if rank_distrib() != 0: yield
-    else:
-        with file_lock(Path(out) / '.train.lock', refuse): yield
+    else:     # a run refused before it wrote anything (an --init that does not fit) leaves no empty folder behind
+        with tidy_folders(out), file_lock(Path(out) / '.train.lock', refuse): yield
 
 # %% ../nbs/11_train.ipynb #3b9dbdec
 def train(cfg: TrainConfig):
@@ -430,13 +430,8 @@ def _check_data(a, recipe: Recipe):
                          f"with torchvision")
 
 def _check_out(out: Path):
-    "The output folder must be creatable and writable (checked by writing and removing a probe file)."
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / '.write_probe'
-        probe.write_text('')
-        probe.unlink()
-    except OSError as e: raise ValueError(f"out={str(out)!r} is not writable ({e.strerror})")
+    "The output folder must be creatable and writable (chapter 10's `check_writable`: a probe, and no trace)."
+    check_writable(out, 'out', folder=True)
 
 # %% ../nbs/11_train.ipynb #0cceb3bd
 def default_out(step: str, size: str, regime: str) -> Path:
@@ -519,8 +514,7 @@ def _fit_and_finish(learn, run: Run, cfg: TrainConfig) -> int:
     except NonFiniteLoss as e: return _fail(f"{e}; no result was written", 1)
     except (ResultError, OSError) as e:     # a NaN metric, a full disk: the checkpoints of the epochs stay
         return _fail(f"the run's results could not be written ({e}); its checkpoint is {run.out / CKPT}", 1)
-    except ValueError as e:     # an image that fails in a loader worker: its last line names the file
-        return _fail(str(e).strip().splitlines()[-1])
+    except ValueError as e: return _fail(e)     # an image that fails in a loader worker: its last line names the file
     if rank_distrib() == 0: print(f"{_summary(res)}\nresults: {run.out / 'results.json'}")
     return 0
 

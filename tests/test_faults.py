@@ -94,7 +94,7 @@ TRAIN_CASES = [   # (arguments, what the message must say)
     (['--init', '{t}/notes.txt'], "init='{t}/notes.txt' is not a checkpoint"),
     (['--init', '{ffn}/checkpoint.safetensors'], "init='{ffn}/checkpoint.safetensors'"),
     (['--cache', '{t}/afile'], "cache='{t}/afile' is a file"),
-    (['--out', '{t}/afile/sub'], "out='{t}/afile/sub' is not writable"),
+    (['--out', '{t}/afile/sub'], "out='{t}/afile/sub' cannot be written"),
     (['--resume', '--out', '{t}/nothing'], '--resume but'),
     (['--out', '{run}', '--seed', '7'], "holds a checkpoint of another run (seed: 0 (checkpoint) vs 7 (asked))"),
     (['--out', '{run}', '--step', '+ LLaMA FFN'], "step: 'ViT' (checkpoint) vs '+ LLaMA FFN' (asked)"),
@@ -121,8 +121,10 @@ def test_illama_train_refuses(world, capsys, args, msg):
     assert msg.format(**f) in err and 'Traceback' not in err, err
     assert err.startswith('illama-train: error: ') and err.count('\n') == 1, err   # one line, argparse's own too
     assert before == {k: _snapshot(world[k]) for k in ('run', 'ffn')}  # earlier results untouched
+    assert not err.startswith('illama-train: error: ValueError'), err    # a loader worker's error, without its type
     out = Path(args[args.index('--out') + 1])
     assert not (out / '.train.lock').exists()                          # a refused run leaves no lock behind
+    if out.name.startswith('out-'): assert not out.exists()           # nor the folder it made for --out
 
 REPRO_CASES = [
     (['table4'], "table='table4' is not allowed"),
@@ -204,6 +206,17 @@ def test_argument_errors_are_one_line_in_every_command(cli):
                             *args], capture_output=True, text=True, timeout=120)
         assert r.returncode == 2 and r.stderr.startswith(f'{cli}: error: ') and says in r.stderr, r.stderr
         assert r.stderr.count('\n') == 1 and r.stderr.endswith(f'(see {cli} --help)\n') and r.stdout == '', r.stderr
+
+def test_a_commands_warning_is_one_line(tmp_path):
+    "A cache file cut short: the command warns in one line, `illama-train: warning: ...`, and decodes again."
+    bad = tmp_path / 'cut.pt'
+    bad.write_bytes(b'PK\x03\x04 cut short')
+    code = ("import sys; from pathlib import Path; from illama.data import CliParser, _read_cache\n"
+            "CliParser(prog='illama-train').parse_args([]); sys.exit(_read_cache(Path(sys.argv[1]), 3) is not None)")
+    r = subprocess.run([sys.executable, '-c', code, str(bad)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.startswith(f"illama-train: warning: the image cache {str(bad)!r} cannot be used ("), r.stderr
+    assert r.stderr.endswith('decoding the images again\n') and r.stderr.count('\n') == 1, r.stderr
 
 def test_python_api_refuses_clearly(world):
     with pytest.raises(ValueError, match="regime='gpu' is not allowed"): step_recipe('ViT', regime='gpu')
@@ -363,7 +376,7 @@ def test_illama_eval_names_an_image_that_fails_in_a_loader_worker(tmp_path, caps
     code, err = _run_main(eval_main, ['--model', 'illama_tiny.in1k', '--checkpoint', str(tmp_path / 'tiny.pth'),
                                       '--data', str(ds), '--workers', '2', '--batch-size', '2'], capsys)
     assert code == 2 and f"image {str(bad)!r} cannot be decoded" in err and 'Traceback' not in err, err
-    assert err.count('\n') == 1, err
+    assert err.count('\n') == 1 and 'ValueError' not in err, err
 
 def test_a_second_illama_train_into_a_live_run_stops(world, tmp_path, capsys):
     "While another process trains into --out (it holds the folder's lock), illama-train stops at once, naming it."

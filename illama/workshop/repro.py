@@ -210,7 +210,7 @@ def main(argv=None) -> int:
     except (ValueError, DirtyTree) as e: return p.fail(e)
     try: failed = _run(a, specs, data)
     except (DirtyTree, ValueError) as e: return p.fail(e)        # bad input a run's chapter found: no record
-    except KeyboardInterrupt:   # the run in progress was recorded as failed (a finished result is kept); resumable
+    except KeyboardInterrupt:   # the run in progress wrote no record; its checkpoint stays, so the same command resumes
         print('illama-repro: interrupted; run the same command to go on (finished runs are skipped)', file=sys.stderr)
         return 130
     if 'tables' in a.tables:                   # the analyses' tables and figures too, from their results

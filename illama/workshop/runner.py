@@ -18,8 +18,8 @@ from .layout import checkpoint_dir, result_path, run_notebook_path
 
 # %% auto #0
 __all__ = ['ALLOW_DIRTY', 'CHAPTERS', 'SHUTDOWN_NOISE', 'DirtyTree', 'check_clean', 'dirty_allowed', 'train_spec', 'train_row',
-           'run_lock', 'nbs_dir', 'strip_images', 'failure_reason', 'pass_on', 'execute_chapter', 'done_record',
-           'record_failure', 'execute_or_record', 'fresh_dir', 'replace_dir', 'run_row']
+           'run_lock', 'nbs_dir', 'strip_images', 'failure_reason', 'pass_on', 'unfinished_path', 'execute_chapter',
+           'done_record', 'record_failure', 'execute_or_record', 'fresh_dir', 'replace_dir', 'run_row']
 
 # %% ../../nbs/14b_runner.ipynb #e7e37526
 ALLOW_DIRTY = 'ILLAMA_ALLOW_DIRTY'   # '1': record from a dirty tree (set by --allow-dirty for the chapters' kernels)
@@ -145,17 +145,22 @@ def pass_on(log, to=None):
     for line in log:
         if not any(n in line for n in SHUTDOWN_NOISE): (to or sys.stderr).write(line)
 
+def unfinished_path(out_nb) -> Path:
+    "Where a run that did not finish leaves its executed notebook: beside `out_nb`, which keeps the last finished one."
+    out_nb = Path(out_nb)
+    return out_nb.with_name(f'{out_nb.stem}.unfinished.ipynb')
+
 def execute_chapter(chapter: str, out_nb, params: dict, timeout=None, keep_images: int = 2, nbs=None) -> Path:
     "Execute chapter `chapter` (a notebook in `nbs`, default nbs/) with papermill and `params` into `out_nb`."
     import papermill as pm
     nbs = Path(nbs) if nbs else nbs_dir()
-    out_nb = Path(out_nb)
+    out_nb, ran = Path(out_nb), unfinished_path(out_nb)    # papermill writes as it goes: into `ran` until it finishes
     out_nb.parent.mkdir(parents=True, exist_ok=True)
     quiet = logging.getLogger('papermill')         # its errors say again what the exception raised here says
     level = quiet.level
     quiet.setLevel(logging.CRITICAL)
     with tempfile.TemporaryFile('w+') as log:
-        try: pm.execute_notebook(str(nbs / f'{chapter}.ipynb'), str(out_nb), parameters=params, cwd=str(nbs),
+        try: pm.execute_notebook(str(nbs / f'{chapter}.ipynb'), str(ran), parameters=params, cwd=str(nbs),
                                  progress_bar=False, execution_timeout=timeout, log_output=False,
                                  kernel_manager_class=_kernel_manager(log))
         except (KeyboardInterrupt, TimeoutError): raise     # we stopped the kernel in a cell: what it says is noise
@@ -165,7 +170,8 @@ def execute_chapter(chapter: str, out_nb, params: dict, timeout=None, keep_image
         else: pass_on(log)
         finally:
             quiet.setLevel(level)
-            if out_nb.exists(): strip_images(out_nb, keep_images)
+            if ran.exists(): strip_images(ran, keep_images)
+    ran.replace(out_nb)                            # finished: the earlier run's notebook goes only now
     return out_nb
 
 # %% ../../nbs/14b_runner.ipynb #449023d0
@@ -185,14 +191,13 @@ def record_failure(path, record: dict, e: BaseException, timeout=None, wall_s=No
 # %% ../../nbs/14b_runner.ipynb #ed73c1bc
 def execute_or_record(chapter: str, out_nb, params: dict, result, record: dict, timeout=None, keep_images: int = 2,
                       read=read_result, write=write_result, nbs=None, bad_input=lambda e: False) -> dict | None:
-    "Execute `chapter`; None when it ran, else its failure record (see `record_failure`), also on an interrupt."
+    "Execute `chapter`; None when it ran, else its failure record (see `record_failure`); an interrupt is raised."
     t0 = time.time()
     try: execute_chapter(chapter, out_nb, params, timeout, keep_images, nbs)
+    except KeyboardInterrupt: raise    # not a failure of the run: its checkpoint stays, and the same command resumes
     except BaseException as e:     # recorded, never silently missing; bad input is the caller's error, not a run's
         if bad_input(e): raise ValueError(str(getattr(e, 'evalue', e))) from e
-        r = record_failure(result, record, e, timeout, round(time.time() - t0, 1), read, write)
-        if isinstance(e, KeyboardInterrupt): raise
-        return r
+        return record_failure(result, record, e, timeout, round(time.time() - t0, 1), read, write)
     return None
 
 # %% ../../nbs/14b_runner.ipynb #6a8fe062
