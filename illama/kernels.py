@@ -263,10 +263,11 @@ def _rotated_plain(qkv, cos, sin):
     q, k = y.permute(2, 0, 3, 1, 4).unbind(0)
     return q, k, qkv[:, :, 2].transpose(1, 2)
 
-def rotate_qkv(qkv, cos, sin):
+def rotate_qkv(qkv, cos, sin, cis=None):
     "RoPE on the qkv projection (B, n, 3, heads, d), q and k in one pass, by chapter 4's tables (n, d/2): q, k, v."
     if traced(): return _rotated_plain(qkv, cos, sin)
-    cis = torch.complex(cos.float(), sin.float())                          # (n, d/2): e^{iθ}
+    cis = (torch.complex(cos.float(), sin.float()) if cis is None     # (n, d/2): e^{iθ}, built now, or the
+           else torch.view_as_complex(cis.float()))                    # (n, d/2, 2) table chapter 4 keeps, as complex
     return RotateQKV.apply(qkv, cis) if torch.is_grad_enabled() and qkv.requires_grad else _rotated_qkv(qkv, cis)
 
 # %% ../nbs/07_kernels.ipynb #7d04d80c

@@ -35,6 +35,8 @@ class Rope(nn.Module):
     def _set_angles(self, angles):   # (n, head_dim/2); buffers are not saved: they follow from the config
         self.register_buffer('cos', angles.cos(), persistent=False)
         self.register_buffer('sin', angles.sin(), persistent=False)
+        # e^{iθ} as (cos, sin) pairs, (n, head_dim/2, 2): chapter 7 reads it as complex, with no table built per call
+        self.register_buffer('cis', torch.stack([self.cos, self.sin], -1), persistent=False)
 
     def check_length(self, n: int):
         "Raise a `ValueError` unless the table has `n` positions."
@@ -53,7 +55,7 @@ class Rope(nn.Module):
         if kernel_choice() == 'reference':
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
             return self.rotate(q), self.rotate(k), v
-        return kernels.rotate_qkv(qkv, self.cos, self.sin)   # chapter 7: one complex product, its own backward
+        return kernels.rotate_qkv(qkv, self.cos, self.sin, self.cis)   # chapter 7: one complex product, own backward
 
 class Rope1D(Rope):
     "LLaMA's RoPE over the N+1 tokens of the sequence (patches and class token), positions 0..N in sequence order."

@@ -9,6 +9,7 @@ __all__ = ['llama_hidden_dim', 'SwiGLU']
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from . import kernels
 from .vit import FFN_LAYERS, add_step
 
 # %% ../nbs/01_swiglu.ipynb #b3bfc14f
@@ -29,7 +30,8 @@ class SwiGLU(nn.Module):
         self.fc3 = nn.Linear(dim, hidden, bias=False)   # up projection
 
     def forward(self, x):
-        if torch.is_grad_enabled(): return self.fc2(F.silu(self.fc1(x)) * self.fc3(x))   # as written
+        if torch.is_grad_enabled() or kernels.traced():               # as written (and as a graph records it)
+            return self.fc2(F.silu(self.fc1(x)) * self.fc3(x))
         return self.fc2(F.silu(self.fc1(x), inplace=True).mul_(self.fc3(x)))   # no autograd: in place, no new tensors
 
 # %% ../nbs/01_swiglu.ipynb #3c8bf175

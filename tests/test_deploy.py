@@ -40,6 +40,18 @@ def test_user_export_without_no_grad_at_default_size():
     with torch.no_grad(): ref = m(x)
     assert (ep.module()(x) - ref).abs().max() <= 1e-5
 
+def test_jit_trace_passes_its_own_check_with_autograd_on():
+    "torch.jit.trace re-traces under no_grad to check the graph: the inference fast paths must not change what it records."
+    import warnings
+    m = timm.create_model('illama_tiny', img_size=32).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')           # the API's deprecation, and its note on shape checks as constants
+        t = torch.jit.trace(m, x)                 # check_trace=True: raises when the two graphs differ
+    y = t(torch.randn(5, 3, 32, 32))              # another batch size, autograd on
+    assert y.shape == (5, 1000) and y.requires_grad
+    with torch.no_grad(): assert (t(x) - m(x)).abs().max() <= 1e-5
+
 @pytest.mark.parametrize('step', list(ROADMAP))
 def test_every_roadmap_step_exports(step):
     "Every step at 32², two blocks; the soft mask at α = 0, 0.5 and 1."
