@@ -88,11 +88,12 @@ def export_onnx(src, path, img_size=None, batch: int = 2, opset: int | None = No
     finally: tmp.unlink(missing_ok=True)
     return path
 
-def onnx_session(path, threads: int | None = None):
+def onnx_session(path, threads: int | None = None, spin: bool = True):
     "An ONNX Runtime session on the CPU for the model at `path` (`threads`: its intra-op threads)."
     ort = _require('onnxruntime')
     opts = ort.SessionOptions()
     if threads: opts.intra_op_num_threads = threads
+    if not spin: opts.add_session_config_entry('session.intra_op.allow_spinning', '0')   # idle threads sleep at once
     return ort.InferenceSession(str(path), opts, providers=['CPUExecutionProvider'])
 
 def run_onnx(session, x: torch.Tensor) -> torch.Tensor:

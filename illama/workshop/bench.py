@@ -441,7 +441,7 @@ DEPLOY_MODELS = {'deit': 'deit_tiny_patch16_224', 'illama': 'illama_tiny'}
 def deploy_fns(name: str, img_size: int, folder) -> dict:
     "Chapter 13c's four ways to run timm model `name`, each a function of a batch: eager, exported, ORT, int8."
     m = load_model(name, img_size)
-    sess = onnx_session(export_onnx(m, Path(folder) / f'{name}.onnx'))
+    sess = onnx_session(export_onnx(m, Path(folder) / f'{name}.onnx'), spin=False)   # not into the next call's time
     return {'float32': m, 'exported': export_program(m).module(), 'onnxruntime': lambda x: run_onnx(sess, x),
             'int8': quantize(m)}
 
@@ -577,7 +577,7 @@ def _check(a):
     try: out = Path(a.out.format(device=dev))
     except (KeyError, IndexError, ValueError) as e:
         raise ValueError(f"--out={a.out!r} is not allowed: the one field it may hold is {{device}} ({e!r})") from e
-    return check_writable(out, '--out')       # chapter 10's one check: its folder made, a probe written
+    return check_writable(out, '--out')       # chapter 10's one check: a probe written where the report will be
 
 # %% ../../nbs/08_benchmark.ipynb #d21c4481
 ALLOCATOR_ENV = ('GLIBC_TUNABLES', 'LD_PRELOAD', 'MALLOC_ARENA_MAX')

@@ -124,7 +124,7 @@ def _check_paths(a):
     if a.llama and not Path(a.llama).exists():
         raise ValueError(f'--llama={a.llama!r} does not exist; give a LLaMA checkpoint file or folder')
     if a.llama: llama_shape(llama_keys(a.llama))     # its tensor names only: LLaMA weights, or a clear error
-    check_writable(a.root, '--root', folder=True)      # last: it makes the folder
+    check_writable(a.root, '--root', folder=True)      # last: a probe written there (the folder is not left made)
 
 def _check_analyses(a):
     "`--only` and `--llama` name analyses, and only go with the `analyses` target."
