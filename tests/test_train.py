@@ -151,7 +151,7 @@ def test_data_layout_errors(tmp_path):
     (['--data', '{tmp}/missing'], 'is not a folder'),
     (['--data', '{tmp}'], 'has no train/ folder'),
     (['--batch-size', '30', '--nproc', '4'], 'not divisible by nproc=4'),
-    (['--out', '{tmp}/file/sub'], 'not writable'),
+    (['--out', '{tmp}/file/sub'], 'cannot be written'),
     (['--resume', '--out', '{tmp}/fresh'], 'does not exist'),
     (['--recipe', 'table16_cifar10', '--data', '{tmp}'], 'pass --download'),
     (['--recipe', 'nope'], 'recipe'),
