@@ -234,16 +234,17 @@ def tidy_folders(folder):
     finally:
         for p in made:
             try: p.rmdir()
-            except OSError: break          # not empty (something was written there), or never made
+            except OSError: continue       # not empty (something was written there), or never made
 
 def check_writable(path, flag: str, folder: bool = False) -> Path:
     "`path` if a file (or, with `folder`, files inside it) can be written there; else a `ValueError` naming `flag`."
     p = Path(path)
     if not str(path).strip(): raise ValueError(f"{flag}={str(path)!r} is not allowed: give a path")
     where = p if folder else p.parent
-    if not folder and p.is_dir(): raise ValueError(f"{flag}={str(path)!r} is a folder; expected a file name")
-    if folder and p.exists() and not p.is_dir(): raise ValueError(f"{flag}={str(path)!r} is a file; expected a folder")
-    try:
+    try:                                   # stat itself fails for a name too long for the file system
+        if not folder and p.is_dir(): raise ValueError(f"{flag}={str(path)!r} is a folder; expected a file name")
+        if folder and p.exists() and not p.is_dir():
+            raise ValueError(f"{flag}={str(path)!r} is a file; expected a folder")
         with tidy_folders(where):          # a check leaves nothing behind: the writer makes the folder it writes in
             where.mkdir(parents=True, exist_ok=True)
             probe = where / f'.{p.name}.write-probe'

@@ -444,6 +444,30 @@ def test_export_interrupted_keeps_the_file(tmp_path, capsys, monkeypatch):
     assert code == 130 and 'interrupted' in err and err.count('\n') == 1, err
     assert (tmp_path / 'm.onnx').read_bytes() == b'earlier'
 
+def test_bench_and_docs_interrupted_say_one_line(tmp_path, capsys, monkeypatch):
+    "Ctrl-C while illama-bench measures or illama-docs renders: one line, exit 130, nothing written."
+    import illama.workshop.bench as bench, illama.workshop.docs as docs
+    def interrupted(*a, **kw): raise KeyboardInterrupt
+    monkeypatch.setattr(bench, 'run_benchmark', interrupted)
+    monkeypatch.setattr(docs, 'build_docs', interrupted)
+    for main, args in ((bench.main, ['--device', 'cpu', '--out', str(tmp_path / 'b' / 'x.md')]),
+                       (docs.main, ['--root', str(DOCS_ROOT), '--out', str(tmp_path / 'site'), '--no-exec'])):
+        code, err = _run_main(main, args, capsys)
+        assert code == 130 and 'interrupted' in err and err.count('\n') == 1 and 'Traceback' not in err, err
+    assert list(tmp_path.iterdir()) == []
+
+LONG = 'x' * 300    # longer than a file name may be (255 bytes on ext4 and most file systems)
+LONG_NAMES = [(train_main, ['--regime', 'smoke', '--data', '{ds}', '--out', '{d}/' + LONG]),
+              (repro_main, ['tables', '--root', '{d}/' + LONG]),
+              (docs_main, ['--root', str(DOCS_ROOT), '--out', '{d}/' + LONG, '--no-exec'])]
+
+@pytest.mark.parametrize('main,args', LONG_NAMES, ids=['train', 'repro', 'docs'])
+def test_a_name_too_long_is_one_line(world, tmp_path, capsys, main, args):
+    "An output name longer than the file system allows, in a folder that exists: one line, exit 2 (was OSError's)."
+    code, err = _run_main(main, [a.format(d=tmp_path, ds=world['ds']) for a in args], capsys)
+    assert code == 2 and 'File name too long' in err and err.count('\n') == 1 and 'Traceback' not in err, err
+    assert list(tmp_path.iterdir()) == []
+
 def _wnid_data(t: Path) -> Path:
     "Two classes named by ImageNet-1K WordNet ids (tench, English springer), so a 1000-class model can be scored."
     ds = fake_imagenet(t / 'wnid', n_classes=2, n_train=1, n_val=2)

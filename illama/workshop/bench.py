@@ -593,6 +593,10 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     p = _parser()
     a = p.parse_args(argv)
+    try: return _main(p, a, argv)
+    except KeyboardInterrupt: return p.fail('interrupted; nothing was written', 130)
+
+def _main(p, a, argv) -> int:
     try: out = _check(a)
     except ValueError as e: return p.fail(e)
     if a.threads: torch.set_num_threads(a.threads)

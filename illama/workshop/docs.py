@@ -394,10 +394,13 @@ def check_out(out, root, flag: str = 'out') -> Path:
     out, root = Path(out).resolve(), Path(root).resolve()
     bad = lambda why: ValueError(f"{flag}={str(out)!r} is not allowed: {why}")
     if out == root or out in root.parents: raise bad("it holds the project")
-    if out.exists() and not out.is_dir(): raise bad("it is a file; give a new or empty folder, or a site built here")
-    if out.is_dir() and any(out.iterdir()) and not (out / SITE_MARKER).is_file():
-        raise bad(f"it is a folder with files that illama-docs did not build (no {SITE_MARKER}); "
-                  "give a new or empty folder, or a site built by illama-docs")
+    try:
+        if out.exists() and not out.is_dir():
+            raise bad("it is a file; give a new or empty folder, or a site built here")
+        if out.is_dir() and any(out.iterdir()) and not (out / SITE_MARKER).is_file():
+            raise bad(f"it is a folder with files that illama-docs did not build (no {SITE_MARKER}); "
+                      "give a new or empty folder, or a site built by illama-docs")
+    except OSError as e: raise bad(f"it cannot be used ({e.strerror})") from e     # e.g. a name too long
     return out
 
 def make_workdir(out: Path, flag: str = 'out') -> Path:
@@ -524,6 +527,7 @@ def main(argv=None) -> int:
     except DocsError as e:
         print(f"illama-docs: build failed, previous site kept: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt: return p.fail('interrupted; the previous site is kept (a build is written aside)', 130)
     return 0
 
 # %% ../../nbs/90_docs.ipynb #a10c0423

@@ -117,9 +117,11 @@ def _check_numbers(a):
 
 def _check_paths(a):
     root = Path(a.root)
-    if root.exists() and not root.is_dir(): raise ValueError(f"--root={a.root!r} is a file; expected a folder")
-    if (up := next((p for p in root.absolute().parents if p.exists()), None)) is not None and not up.is_dir():
-        raise ValueError(f"--root={a.root!r} cannot be made: {str(up)!r} is a file")
+    try:
+        if root.exists() and not root.is_dir(): raise ValueError(f"--root={a.root!r} is a file; expected a folder")
+        if (up := next((p for p in root.absolute().parents if p.exists()), None)) is not None and not up.is_dir():
+            raise ValueError(f"--root={a.root!r} cannot be made: {str(up)!r} is a file")
+    except OSError as e: raise ValueError(f"--root={a.root!r} cannot be used ({e.strerror})") from e   # too long
     if a.data and not Path(a.data).is_dir(): raise ValueError(f'--data={a.data!r} is not a folder')
     if a.llama and not Path(a.llama).exists():
         raise ValueError(f'--llama={a.llama!r} does not exist; give a LLaMA checkpoint file or folder')

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/14b_runner.ipynb #ee9bebd5
 from __future__ import annotations
-import json, logging, os, shutil, subprocess, sys, tempfile, time
+import json, logging, os, shutil, signal, subprocess, sys, tempfile, threading, time
 from contextlib import contextmanager
 from pathlib import Path
 from ..vit import check_choice
@@ -17,9 +17,10 @@ from .rows import RowSpec, get_rows, row_recipe
 from .layout import checkpoint_dir, result_path, run_notebook_path
 
 # %% auto #0
-__all__ = ['ALLOW_DIRTY', 'CHAPTERS', 'SHUTDOWN_NOISE', 'DirtyTree', 'check_clean', 'dirty_allowed', 'train_spec', 'train_row',
-           'run_lock', 'nbs_dir', 'strip_images', 'failure_reason', 'pass_on', 'unfinished_path', 'execute_chapter',
-           'done_record', 'record_failure', 'execute_or_record', 'fresh_dir', 'replace_dir', 'run_row']
+__all__ = ['ALLOW_DIRTY', 'CHAPTERS', 'SHUTDOWN_NOISE', 'STAGED', 'DirtyTree', 'check_clean', 'dirty_allowed', 'train_spec',
+           'train_row', 'run_lock', 'nbs_dir', 'strip_images', 'failure_reason', 'pass_on', 'unfinished_path',
+           'execute_chapter', 'done_record', 'record_failure', 'execute_or_record', 'fresh_dir', 'uninterrupted',
+           'replace_dir', 'run_row']
 
 # %% ../../nbs/14b_runner.ipynb #e7e37526
 ALLOW_DIRTY = 'ILLAMA_ALLOW_DIRTY'   # '1': record from a dirty tree (set by --allow-dirty for the chapters' kernels)
@@ -212,12 +213,25 @@ def fresh_dir(ck: Path) -> Path:
     new.mkdir(parents=True)
     return new
 
-def replace_dir(ck: Path, new: Path):
-    "The forced run finished: its folder `new` takes the place of `ck` (the old weights go only now)."
+STAGED = 'staged_result.json'    # a forced run's record, in its own folder until the run has finished
+
+@contextmanager
+def uninterrupted():
+    "Within the block Ctrl-C waits (SIGINT blocked, in the main thread): two renames that belong together both happen."
+    main = threading.current_thread() is threading.main_thread()
+    if main: signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try: yield
+    finally:
+        if main: signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+def replace_dir(ck: Path, new: Path, res: Path | None = None):
+    "The forced run finished: its record (staged in `new`) replaces `res`, and `new` takes `ck`'s place, together."
     old = ck.with_name(ck.name + '.old')
     shutil.rmtree(old, ignore_errors=True)
-    if ck.exists(): ck.rename(old)
-    new.rename(ck)
+    with uninterrupted():                          # the record and the weights it describes change at once
+        if res is not None: os.replace(new / STAGED, res)
+        if ck.exists(): ck.rename(old)
+        new.rename(ck)
     shutil.rmtree(old, ignore_errors=True)
 
 def run_row(spec: RowSpec, regime: str, seed: int = 0, root='experiments', data=None, epochs=None, nproc: int = 1,
@@ -234,13 +248,14 @@ def run_row(spec: RowSpec, regime: str, seed: int = 0, root='experiments', data=
         out = fresh_dir(ck) if force else ck       # a forced run keeps the finished weights until it finishes
         out_nb = run_notebook_path(root, regime, spec, seed)
         params = dict(regime=regime, table=spec.table, row=spec.row, seed=seed, epochs=epochs, nproc=nproc,
-                      data=str(Path(data).resolve()) if data else None, out=str(out), result=str(res))
+                      data=str(Path(data).resolve()) if data else None, out=str(out),
+                      result=str(out / STAGED if force else res))     # forced: the finished record stays till the end
         log(f'run  {what} -> {out_nb}')
         record = dict(run_id=spec.run_id, table=spec.table, row=spec.row, step=spec.step, seed=seed, regime=regime)
         with dirty_allowed(allow_dirty):
             failed = execute_or_record(CHAPTERS[spec.step], out_nb, params, res, record, timeout,
                                        bad_input=lambda e: _refused(e, out))
-        if force and not failed: replace_dir(ck, out)
+        if force and not failed: replace_dir(ck, out, res)
     if failed: log(f"FAILED {what}: {failed['error']}")
     return failed or read_result(res)
 
