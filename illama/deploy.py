@@ -136,8 +136,8 @@ ONNX_ATOL = 1e-4   # --check: ONNX Runtime's logits against eager
 def _export(p, a) -> int:
     try:
         if not a.out.endswith('.onnx'): raise ValueError(f"--out={a.out!r}: expected a .onnx file name")
-        if a.img_size is not None and a.img_size < 1:
-            raise ValueError(f"--img-size={a.img_size} is not allowed; give a positive multiple of the patch size")
+        if a.img_size is not None and not 1 <= a.img_size <= 4096:     # 4096: illama-train's own bound
+            raise ValueError(f"--img-size={a.img_size} is not allowed; give a multiple of the patch size up to 4096")
         from illama.data import check_writable
         check_writable(a.out, '--out')
         model = load_model(a.src, a.img_size)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/13_evaluate.ipynb #a960de49
 from __future__ import annotations
-import json, sys, time
+import json, os, sys, time
 from pathlib import Path
 import torch
 from .data import open_rgb, scan_folder, write_text_atomic, git_revision, check_writable, error_line, CliParser
@@ -179,10 +179,11 @@ def _parser():
 
 # %% ../nbs/13_evaluate.ipynb #411e252e
 def _check(a):
-    for name, lo in (('limit', 1), ('batch_size', 1), ('workers', 0)):
+    for name, lo, hi in (('limit', 1, None), ('batch_size', 1, None), ('workers', 0, 4 * (os.cpu_count() or 1))):
         v = getattr(a, name)
-        if v is not None and v < lo:
-            raise ValueError(f"--{name.replace('_', '-')}={v} is not allowed; it must be an integer >= {lo}")
+        if v is not None and (v < lo or (hi is not None and v > hi)):    # workers: processes, a few per core
+            raise ValueError(f"--{name.replace('_', '-')}={v} is not allowed; it must be an integer >= {lo}"
+                             + (f" and <= {hi} (four per core here)" if hi is not None else ''))
     if a.device not in (None, 'cpu', 'cuda'): raise ValueError(f"--device={a.device!r} is not allowed; use cpu or cuda")
     if a.device == 'cuda' and not torch.cuda.is_available(): raise ValueError("--device='cuda': no CUDA device here")
     scan_folder(a.data, splits=('val',))

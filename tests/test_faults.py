@@ -456,6 +456,19 @@ def test_bench_and_docs_interrupted_say_one_line(tmp_path, capsys, monkeypatch):
         assert code == 130 and 'interrupted' in err and err.count('\n') == 1 and 'Traceback' not in err, err
     assert list(tmp_path.iterdir()) == []
 
+def test_sizes_past_any_memory_are_refused_up_front(tmp_path, capsys):
+    "--img-size 100000 (30 GB for one image) and --workers 100000: one line, exit 2, before anything is allocated."
+    from illama.deploy import main as export_main
+    from illama.evaluate import main as eval_main
+    import illama.workshop.bench as bench
+    ds = fake_imagenet(tmp_path / 'ds', n_classes=2, n_train=1, n_val=2)
+    for main, args, says in (
+            (export_main, ['illama_tiny', '--out', str(tmp_path / 'm.onnx'), '--img-size', '100000'], 'up to 4096'),
+            (bench.main, ['--device', 'cpu', '--img-size', '100000', '--out', str(tmp_path / 'b.md')], 'up to 4096'),
+            (eval_main, ['--model', 'illama_tiny', '--data', str(ds), '--workers', '100000'], 'four per core')):
+        code, err = _run_main(main, args, capsys)
+        assert code == 2 and says in err and err.count('\n') == 1 and 'Traceback' not in err, err
+
 LONG = 'x' * 300    # longer than a file name may be (255 bytes on ext4 and most file systems)
 LONG_NAMES = [(train_main, ['--regime', 'smoke', '--data', '{ds}', '--out', '{d}/' + LONG]),
               (repro_main, ['tables', '--root', '{d}/' + LONG]),

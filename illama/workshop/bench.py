@@ -567,8 +567,8 @@ def _check(a):
         check_writable(a.root, '--root', folder=True)
     if a.deploy and a.out == DEFAULT_OUT: a.out = DEFAULT_OUT.replace('throughput', 'deploy')
     if a.warmup < 0: raise ValueError(f'--warmup={a.warmup} is not allowed; it must be >= 0')
-    if a.img_size < 16 or a.img_size % 16:
-        raise ValueError(f'--img-size={a.img_size} is not allowed; use a multiple of 16')
+    if a.img_size < 16 or a.img_size % 16 or a.img_size > 4096:     # 4096: illama-train's own bound
+        raise ValueError(f'--img-size={a.img_size} is not allowed; use a multiple of 16 up to 4096')
     if a.device not in (None, 'cpu', 'cuda'): raise ValueError(f"--device={a.device!r} is not allowed; use cpu or cuda")
     if a.device == 'cuda' and not torch.cuda.is_available(): raise ValueError("--device='cuda': no CUDA device here")
     dev = a.device or ('cuda' if torch.cuda.is_available() else 'cpu')
