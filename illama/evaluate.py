@@ -179,11 +179,13 @@ def _parser():
 
 # %% ../nbs/13_evaluate.ipynb #411e252e
 def _check(a):
-    for name, lo, hi in (('limit', 1, None), ('batch_size', 1, None), ('workers', 0, 4 * (os.cpu_count() or 1))):
+    for name, lo in (('limit', 1), ('batch_size', 1), ('workers', 0)):
         v = getattr(a, name)
-        if v is not None and (v < lo or (hi is not None and v > hi)):    # workers: processes, a few per core
-            raise ValueError(f"--{name.replace('_', '-')}={v} is not allowed; it must be an integer >= {lo}"
-                             + (f" and <= {hi} (four per core here)" if hi is not None else ''))
+        if v is not None and v < lo:
+            raise ValueError(f"--{name.replace('_', '-')}={v} is not allowed; it must be an integer >= {lo}")
+    if a.workers > (most := 4 * (os.cpu_count() or 1)):       # processes: a few per core, not one per image
+        raise ValueError(f"--workers={a.workers} is not allowed; it must be an integer >= 0 and <= {most} "
+                         f"(four per core here)")
     if a.device not in (None, 'cpu', 'cuda'): raise ValueError(f"--device={a.device!r} is not allowed; use cpu or cuda")
     if a.device == 'cuda' and not torch.cuda.is_available(): raise ValueError("--device='cuda': no CUDA device here")
     scan_folder(a.data, splits=('val',))

@@ -429,10 +429,6 @@ def _check_data(a, recipe: Recipe):
         raise ValueError(f"data={str(croot)!r} has no {sub}/; pass --download to fetch {recipe.dataset} "
                          f"with torchvision")
 
-def _check_out(out: Path):
-    "The output folder must be creatable and writable (chapter 10's `check_writable`: a probe, and no trace)."
-    check_writable(out, 'out', folder=True)
-
 # %% ../nbs/11_train.ipynb #0cceb3bd
 def default_out(step: str, size: str, regime: str) -> Path:
     "`runs/<step>-<size>-<regime>`, the step's name reduced to letters, digits and underscores."
@@ -454,7 +450,7 @@ def plan_from_args(a) -> TrainConfig:
     if a.cache: cache_dir(a.cache)
     out = Path(a.out) if a.out else default_out(step, a.size, a.regime)
     if a.resume and not (out / CKPT).exists(): raise ValueError(f"--resume but {str(out / CKPT)!r} does not exist")
-    _check_out(out)
+    check_writable(out, 'out', folder=True)         # creatable and writable: a probe, and no trace left
     return TrainConfig(step=step, size=a.size, regime=a.regime, seed=a.seed, epochs=a.epochs, recipe=recipe, out=out,
                        data=a.data, cache=a.cache, download=a.download, init=a.init,
                        freeze_epochs=a.freeze_epochs if a.freeze_epochs is not None else int(bool(a.init)),
