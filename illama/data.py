@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_data.ipynb #009018c5
 from __future__ import annotations
-import argparse, hashlib, math, os, re, subprocess, sys, tempfile, time, warnings
+import argparse, hashlib, math, os, re, signal, subprocess, sys, tempfile, threading, time, warnings
 from contextlib import contextmanager
 from pathlib import Path
 import torch, torch.nn.functional as F
@@ -17,8 +17,9 @@ with warnings.catch_warnings():   # fastai warns about its own use of torch.jit.
 # %% auto #0
 __all__ = ['IMG_EXTS', 'SPLITS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'find_data', 'fake_imagenet', 'scan_folder', 'open_rgb',
            'load_image', 'cache_dir', 'atomic_save', 'write_text_atomic', 'git_revision', 'cache_file', 'decode_items',
-           'tidy_folders', 'check_writable', 'error_line', 'CliParser', 'rrc_flip_theta', 'BatchAugment', 'TensorDL',
-           'folder_tensors', 'cifar_tensors', 'make_dls', 'FolderImages', 'StreamDL', 'folder_images']
+           'tidy_folders', 'uninterrupted', 'check_writable', 'error_line', 'CliParser', 'rrc_flip_theta',
+           'BatchAugment', 'TensorDL', 'folder_tensors', 'cifar_tensors', 'make_dls', 'FolderImages', 'StreamDL',
+           'folder_images']
 
 # %% ../nbs/10_data.ipynb #e4e64a67
 IMG_EXTS = ('.jpeg', '.jpg', '.png', '.bmp', '.webp')
@@ -236,6 +237,15 @@ def tidy_folders(folder):
             try: p.rmdir()
             except OSError: continue       # not empty (something was written there), or never made
 
+@contextmanager
+def uninterrupted():
+    "Within the block Ctrl-C waits (SIGINT blocked, in the main thread): renames that belong together all happen."
+    main = threading.current_thread() is threading.main_thread()
+    if main: signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try: yield
+    finally:
+        if main: signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
 def check_writable(path, flag: str, folder: bool = False) -> Path:
     "`path` if a file (or, with `folder`, files inside it) can be written there; else a `ValueError` naming `flag`."
     p = Path(path)
@@ -245,6 +255,8 @@ def check_writable(path, flag: str, folder: bool = False) -> Path:
         if not folder and p.is_dir(): raise ValueError(f"{flag}={str(path)!r} is a folder; expected a file name")
         if folder and p.exists() and not p.is_dir():
             raise ValueError(f"{flag}={str(path)!r} is a file; expected a folder")
+        if (up := next((a for a in (where, *where.parents) if a.exists()), None)) and not up.is_dir():
+            raise ValueError(f"{flag}={str(path)!r} cannot be written: {str(up)!r} is a file, not a folder")
         with tidy_folders(where):          # a check leaves nothing behind: the writer makes the folder it writes in
             where.mkdir(parents=True, exist_ok=True)
             probe = where / f'.{p.name}.write-probe'
@@ -273,7 +285,9 @@ class CliParser(argparse.ArgumentParser):
             name, eq, value = x.partition('=')
             empty = value if eq else args[i + 1] if i + 1 < len(args) else None
             if x.startswith('--') and empty is not None and not empty.strip():
-                self.error(f"{name}={empty!r} is not allowed: give a value, or leave {name} out for its default")
+                required = getattr(self._option_string_actions.get(name), 'required', False)
+                self.error(f"{name}={empty!r} is not allowed: give a value" +
+                           ("" if required else f", or leave {name} out for its default"))
         warnings.formatwarning = self.warning_line       # the command runs now: its warnings are one line too
         return super().parse_known_args(args, namespace)
 
@@ -381,10 +395,14 @@ def cifar_tensors(name='cifar10', root=None, download=False, res=32):
     root = Path(root or cache_dir() / name)
     out = {}
     for split, train in (('train', True), ('val', False)):
-        try: d = ds(str(root), train=train, download=download)
+        try:
+            with tidy_folders(root): d = ds(str(root), train=train, download=download)   # a failed download: no folder
         except RuntimeError as e:
             msg = f"{name} not found in {str(root)!r}; pass download=True (--download) or data=<folder>"
             raise ValueError(msg) from e
+        except OSError as e:     # offline (URLError), or a folder that cannot be written
+            raise ValueError(f"{name} cannot be downloaded into {str(root)!r} ({getattr(e, 'reason', e)}); "
+                             f"put its files there yourself, or pass data=<folder> that has them") from e
         x = torch.from_numpy(d.data).permute(0, 3, 1, 2).contiguous()
         if res != 32:
             x = F.interpolate(x.float(), size=round(res * 1.15), mode='bilinear').round().clamp(0, 255).to(torch.uint8)

@@ -11,7 +11,7 @@ from .data import open_rgb, scan_folder, write_text_atomic, git_revision, check_
 
 # %% auto #0
 __all__ = ['expected_calibration_error', 'imagenet_indices', 'label_indices', 'data_config', 'eval_loader', 'predict', 'evaluate',
-           'check_weights', 'hub_reachable', 'load_model', 'main']
+           'check_weights', 'hub_reachable', 'load_model', 'run_classes', 'load_run_model', 'main']
 
 # %% ../nbs/13_evaluate.ipynb #0dd9206f
 def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float:
@@ -33,8 +33,14 @@ def imagenet_indices(classes) -> list[int] | None:
     return [index[c] for c in classes] if all(c in index for c in classes) else None
 
 # %% ../nbs/13_evaluate.ipynb #2ffaffdd
-def label_indices(classes, num_classes: int) -> list[int]:
-    "The model output that each folder class is: its ImageNet-1K index (1000-class models), else the folder's order."
+def label_indices(classes, num_classes: int, names=None) -> list[int]:
+    "The model output of each folder class: by the model's class `names` if known, its ImageNet-1K index (1000-class "
+    "models), else the folder's order."
+    if names is not None:          # a model trained here knows its classes (the folders it was trained on)
+        if missing := [c for c in classes if c not in names]:
+            raise ValueError(f"data: the class folders {missing[:3]} are not among the model's {len(names)} classes "
+                             f"({names[:3]}...)")
+        return [list(names).index(c) for c in classes]
     if num_classes == 1000 and (idx := imagenet_indices(classes)) is not None: return idx
     if num_classes == len(classes): return list(range(len(classes)))
     raise ValueError(f"data: the {len(classes)} class folders ({classes[:3]}...) are neither ImageNet-1K WordNet ids "
@@ -91,10 +97,10 @@ def predict(model, loader, device='cpu', progress: bool = True):
 
 # %% ../nbs/13_evaluate.ipynb #efa39168
 def evaluate(model, folder, batch_size: int = 64, limit: int | None = None, workers: int = 2, device='cpu',
-             progress: bool = True) -> dict:
+             progress: bool = True, names=None) -> dict:
     "Top-1, top-5 (%), ECE, images/s and image count of `model` on `folder/val`; restricted to its classes if a subset."
     loader, classes = eval_loader(folder, model, batch_size, limit, workers)
-    idx = torch.tensor(label_indices(classes, model.num_classes))
+    idx = torch.tensor(label_indices(classes, model.num_classes, names))
     logits, y, secs = predict(model, loader, device, progress)
     if bad := int((~torch.isfinite(logits).all(-1)).sum()):       # finite weights can still overflow
         raise ValueError(f"the model's outputs hold NaN or infinite values for {bad} of {len(y)} images; "
@@ -162,13 +168,29 @@ def load_model(tag: str, checkpoint=None, local_option: str = '--checkpoint', **
     check_weights(model.state_dict(), f"checkpoint={str(checkpoint)!r}" if checkpoint else f"model={tag!r}")
     return model
 
+# %% ../nbs/13_evaluate.ipynb #57551672
+def run_classes(path) -> list[str] | None:
+    "The class names of a checkpoint that illama-train wrote (chapter 11c), or None when `path` is not one."
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), 'pt') as f: meta = json.loads((f.metadata() or {})['meta'])
+        return [str(c) for c in meta['classes']]
+    except Exception: return None          # another format (a .pth, a bare state dict), or no classes recorded
+
+def load_run_model(path):
+    "The model a checkpoint of illama-train describes, checked, and its class names."
+    from illama.deploy import load_model as model_of      # chapter 13c: the model of one of our checkpoints
+    return model_of(path), run_classes(path)
+
 # %% ../nbs/13_evaluate.ipynb #89809988
 def _parser():
     p = CliParser(prog='illama-eval', allow_abbrev=False,
                   description='Evaluate a timm model (e.g. the released iLLaMA weights) on an '
                               'ImageNet-style folder: top-1, top-5, ECE, images/s.')
-    p.add_argument('--model', required=True, help='a timm tag, e.g. illama_tiny.in1k or illama_base.in21k_ft_in1k_384')
-    p.add_argument('--checkpoint', default=None, help='a local weights file instead of the hub (the authors\' .pth)')
+    p.add_argument('--model', default=None, help='a timm tag, e.g. illama_tiny.in1k or illama_base.in21k_ft_in1k_384 '
+                   '(not needed for a checkpoint that illama-train wrote)')
+    p.add_argument('--checkpoint', default=None, help='a local weights file instead of the hub (the authors\' .pth), '
+                   'or a checkpoint.safetensors that illama-train wrote')
     p.add_argument('--data', required=True, help='an ImageNet-style folder; its val/ split is used')
     p.add_argument('--limit', type=int, default=None, help='evaluate this many images (an even spread of val/)')
     p.add_argument('--batch-size', type=int, default=64)
@@ -199,9 +221,15 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     try:
         _check(a)
-        model = load_model(a.model, a.checkpoint)
+        names = run_classes(a.checkpoint) if a.checkpoint else None
+        if names is not None: model, names = load_run_model(a.checkpoint)      # one of our runs: its own model
+        elif a.model is None:
+            raise ValueError("--model is required (a timm tag such as illama_tiny.in1k), unless --checkpoint is a "
+                             "checkpoint.safetensors that illama-train wrote")
+        else: model = load_model(a.model, a.checkpoint)
         device = a.device or ('cuda' if torch.cuda.is_available() else 'cpu')
-        res = evaluate(model, a.data, a.batch_size, a.limit, a.workers, device, progress=sys.stdout.isatty())
+        res = evaluate(model, a.data, a.batch_size, a.limit, a.workers, device, progress=sys.stdout.isatty(),
+                       names=names)
     except ValueError as e:     # one line: an image that fails in a loader worker arrives with the worker's traceback
         return p.fail(e)
     except KeyboardInterrupt: return p.fail('interrupted; nothing was written', 130)

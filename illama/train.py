@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_train.ipynb #cc3fb47e
 from __future__ import annotations
-import atexit, fcntl, json, os, subprocess, sys, time, warnings
+import atexit, fcntl, json, os, shutil, sys, time, warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -22,6 +22,7 @@ from fastcore.basics import noop
 from .vit import get_step, Illama, ROADMAP, SIZES, check_choice
 from .data import find_data, folder_tensors, folder_images, FolderImages, cifar_tensors, make_dls, BatchAugment
 from .data import atomic_save, cache_dir, git_revision, scan_folder, CliParser, check_writable, tidy_folders
+from .data import uninterrupted
 from .results import ResultError, read_result, write_result
 from .recipes import (Recipe, RECIPES, REGIMES, MAX_EPOCHS, PIPELINES, step_recipe, step_model_config,
                             check_precision, lr_scheds, make_mixup)
@@ -31,9 +32,10 @@ from .callbacks import (RecipeLoss, top_k_metric, val_ce_metric, param_groups, S
 from .checkpoints import CKPT, read_checkpoint, load_checkpoint, CheckpointCallback, is_released_tag, load_init
 
 # %% auto #0
-__all__ = ['load_tensors', 'check_trainable', 'make_learner', 'CpuDistributedDL', 'plot_history', 'TrainConfig', 'Run',
-           'run_differences', 'check_batch', 'plan_run', 'build_learner', 'fit_run', 'run_result', 'finish_run',
-           'file_lock', 'out_lock', 'train', 'check_int', 'default_out', 'plan_from_args', 'main']
+__all__ = ['FRESH', 'RUN_FILES', 'RANK_MAIN', 'LAUNCHED', 'load_tensors', 'check_trainable', 'make_learner', 'CpuDistributedDL',
+           'plot_history', 'TrainConfig', 'Run', 'run_differences', 'check_batch', 'plan_run', 'build_learner',
+           'fit_run', 'run_result', 'finish_run', 'file_lock', 'out_lock', 'holds_run', 'land_fresh', 'fresh_aside',
+           'train', 'check_int', 'default_out', 'plan_from_args', 'main', 'interrupted_line']
 
 # %% ../nbs/11_train.ipynb #ec0baf47
 def load_tensors(recipe: Recipe, data=None, cache=None, download=False):
@@ -339,6 +341,40 @@ def out_lock(out):
     else:     # a run refused before it wrote anything (an --init that does not fit) leaves no empty folder behind
         with tidy_folders(out), file_lock(Path(out) / '.train.lock', refuse): yield
 
+# %% ../nbs/11_train.ipynb #77b43e31
+FRESH = '.fresh'                                  # where a fresh run trains while another run's files stay in `out`
+RUN_FILES = (CKPT, 'results.json', 'results.png')
+
+def holds_run(out) -> bool:
+    "True when folder `out` holds a run's checkpoint or results."
+    return any((Path(out) / f).exists() for f in RUN_FILES)
+
+def land_fresh(stage: Path, out: Path):
+    "The fresh run in `stage` has ended: its files replace `out`'s (those it did not write go), Ctrl-C held back."
+    with uninterrupted():
+        for f in ('results.json', 'results.png'): (out / f).unlink(missing_ok=True)   # the old record first
+        for f in (CKPT, 'results.png', 'results.json'):                               # the new record last
+            if (stage / f).exists(): os.replace(stage / f, out / f)
+    shutil.rmtree(stage, ignore_errors=True)
+
+@contextmanager
+def fresh_aside(run: Run, resume):
+    "A fresh run (`resume=False`) over another run's files trains in `out/.fresh`; they are replaced when it ends."
+    out, rank0 = run.out, rank_distrib() == 0
+    if resume is not False or not holds_run(out):
+        yield run
+        return
+    run.out = stage = out / FRESH
+    if rank0:
+        shutil.rmtree(stage, ignore_errors=True)   # what an earlier fresh run that was killed left
+        stage.mkdir()
+    try: yield run
+    except BaseException:
+        if rank0: shutil.rmtree(stage, ignore_errors=True)
+        raise
+    finally: run.out = out
+    if rank0: land_fresh(stage, out)
+
 # %% ../nbs/11_train.ipynb #3b9dbdec
 def train(cfg: TrainConfig):
     "Train the run `cfg` describes; the learner, with the result record in `learn.result` (and `out/results.json`)."
@@ -346,8 +382,9 @@ def train(cfg: TrainConfig):
     with out_lock(cfg.out):
         run = plan_run(cfg)
         learn = build_learner(run, cfg)
-        end = fit_run(learn, run, cfg.stop_after, cfg.quiet)
-        learn.result = finish_run(learn, run, end)
+        with fresh_aside(run, cfg.resume):
+            end = fit_run(learn, run, cfg.stop_after, cfg.quiet)
+            learn.result = finish_run(learn, run, end)
     return learn
 
 # %% ../nbs/11_train.ipynb #69437392
@@ -378,7 +415,9 @@ def _parser():
     return p
 
 def _fail(msg, code: int = 2) -> int:
-    "Say `msg` in one line on stderr; the exit code (2: bad input; 1: the run itself failed)."
+    "Say `msg` in one line on stderr; the exit code (2: bad input; 1: the run itself failed; 130: Ctrl-C)."
+    quiet = num_distrib() > 0 and (rank_distrib() != 0 or os.environ.get(LAUNCHED))   # one of several processes:
+    if code == 130 and quiet: return code             # Ctrl-C is said once, by rank 0 or by the launcher (`--nproc`)
     return CliParser(prog='illama-train').fail(msg, code)
 
 def check_int(name: str, value, lo: int, hi: int):
@@ -465,12 +504,44 @@ def _without_nproc(args: list) -> list:
         elif not x.startswith('--nproc='): out.append(x)
     return out
 
-def _relaunch(argv, nproc: int) -> int:
-    "Run the same command under torchrun with `nproc` processes; its exit code."
+def _quiet_launcher():
+    "torchrun's own log lines (a notice per run, and its view of each failure) go; the processes say what happened."
+    import logging
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith('torch.distributed.elastic'): logging.getLogger(name).setLevel(logging.CRITICAL)
+
+RANK_MAIN = """
+import os, signal, sys
+def stopped(*_):     # Ctrl-C while the process imports: no traceback (the launcher says what Ctrl-C left)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(130)
+signal.signal(signal.SIGINT, stopped)
+from illama.train import main
+signal.signal(signal.SIGINT, signal.default_int_handler)
+sys.exit(main())
+"""   # what each process runs
+
+LAUNCHED = 'ILLAMA_LAUNCHED'    # set for the processes `--nproc` starts: the launcher, not they, says what Ctrl-C left
+
+def _relaunch(argv, nproc: int, cfg: TrainConfig) -> int:
+    "Run the same command under torchrun's launcher with `nproc` processes; the exit code of the first that failed."
+    from torch.distributed.run import parse_args, run
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     args = _without_nproc(list(sys.argv[1:] if argv is None else argv))
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}',
-           '-m', 'illama.train']
-    return subprocess.call(cmd + args)
+    os.environ.setdefault('OMP_NUM_THREADS', str(max(1, (os.cpu_count() or 1) // nproc)))   # the cores, shared
+    os.environ[LAUNCHED] = '1'
+    _quiet_launcher()
+    aside = cfg.resume is False and holds_run(cfg.out)
+    launch = ['--standalone', f'--nproc_per_node={nproc}', '--no-python', sys.executable, '-u', '-c', RANK_MAIN]
+    try: run(parse_args([*launch, *args]))
+    except ChildFailedError as e:            # the process said why in its own line (or was killed: say so here)
+        rank, failure = e.get_first_failure()
+        code = failure.exitcode
+        return code if code > 0 else _fail(f"process {rank} of {nproc} was stopped by {failure.signal_name()}", 1)
+    except SignalException:                  # Ctrl-C: the processes have stopped; what they left, and how to go on
+        return _fail(interrupted_line(cfg.out, cfg.resume is False, aside), 130)
+    return 0
 
 # %% ../nbs/11_train.ipynb #50c57516
 def _summary(res: dict) -> str:
@@ -490,7 +561,7 @@ def _main(a, argv) -> int:
         cfg = plan_from_args(a)
         plan_run(cfg)                               # the checkpoint in --out is checked before anything starts
     except ValueError as e: return _fail(e)
-    if a.nproc > 1 and num_distrib() == 0: return _relaunch(argv, a.nproc)
+    if a.nproc > 1 and num_distrib() == 0: return _relaunch(argv, a.nproc, cfg)
     try:
         with out_lock(cfg.out):
             run = plan_run(cfg)
@@ -498,15 +569,22 @@ def _main(a, argv) -> int:
             return _fit_and_finish(learn, run, cfg)
     except ValueError as e: return _fail(e)       # the lock, unreadable images, a checkpoint or init that does not fit
 
+def interrupted_line(out, fresh: bool, aside: bool) -> str:
+    "What Ctrl-C left in `out`, and how to go on (`aside`: a --fresh run over a run, which stays till it ends)."
+    ck = Path(out) / CKPT
+    if aside: return f"interrupted; --out '{out}' still holds the run it held (a --fresh run replaces it only when it ends)"
+    again = 'the same command without --fresh' if fresh else 'the same command'
+    return (f"interrupted; run {again} to resume from '{ck}'" if ck.exists() else
+            "interrupted before its first epoch ended: nothing was kept; the same command starts again")
+
 def _fit_and_finish(learn, run: Run, cfg: TrainConfig) -> int:
     "Fit and write the result; 0, or one line and 1 (diverged, results not writable) or 130 (interrupted)."
+    aside = cfg.resume is False and holds_run(run.out)      # a --fresh run over a run: that run stays till it ends
     try:
-        end = fit_run(learn, run, cfg.stop_after, cfg.quiet)
-        res = finish_run(learn, run, end)
-    except KeyboardInterrupt:
-        ck = run.out / CKPT
-        return _fail(f"interrupted; run the same command to resume from '{ck}'" if ck.exists() else
-                     "interrupted before its first epoch ended: nothing was kept; the same command starts again", 130)
+        with fresh_aside(run, cfg.resume):
+            end = fit_run(learn, run, cfg.stop_after, cfg.quiet)
+            res = finish_run(learn, run, end)
+    except KeyboardInterrupt: return _fail(interrupted_line(run.out, cfg.resume is False, aside), 130)
     except NonFiniteLoss as e: return _fail(f"{e}; no result was written", 1)
     except (ResultError, OSError) as e:     # a NaN metric, a full disk: the checkpoints of the epochs stay
         return _fail(f"the run's results could not be written ({e}); its checkpoint is {run.out / CKPT}", 1)

@@ -94,7 +94,7 @@ TRAIN_CASES = [   # (arguments, what the message must say)
     (['--init', '{t}/notes.txt'], "init='{t}/notes.txt' is not a checkpoint"),
     (['--init', '{ffn}/checkpoint.safetensors'], "init='{ffn}/checkpoint.safetensors'"),
     (['--cache', '{t}/afile'], "cache='{t}/afile' is a file"),
-    (['--out', '{t}/afile/sub'], "out='{t}/afile/sub' cannot be written"),
+    (['--out', '{t}/afile/sub'], "out='{t}/afile/sub' cannot be written: '{t}/afile' is a file, not a folder"),
     (['--resume', '--out', '{t}/nothing'], '--resume but'),
     (['--out', '{run}', '--seed', '7'], "holds a checkpoint of another run (seed: 0 (checkpoint) vs 7 (asked))"),
     (['--out', '{run}', '--step', '+ LLaMA FFN'], "step: 'ViT' (checkpoint) vs '+ LLaMA FFN' (asked)"),
@@ -290,6 +290,22 @@ def test_illama_docs_commands_exit_2_without_a_traceback(docs_places):
     assert (Path(docs_places['t']) / 'afile').read_text() == 'keep me'
 
 
+def test_illama_docs_builds_from_any_folder(docs_places):
+    "Run from a folder outside the project (nbdev reads settings.ini from the working directory): the site is built."
+    site = Path(docs_places['t']) / 'site'
+    r = subprocess.run([str(Path(sys.executable).parent / 'illama-docs'), '--root', str(DOCS_ROOT), '--out', str(site),
+                        '--no-exec', '--no-readme'], capture_output=True, text=True, timeout=600, cwd=docs_places['t'])
+    assert r.returncode == 0 and 'Traceback' not in r.stderr, r.stderr
+    assert (site / 'index.html').is_file() and 'github.io' not in (site / '00_vit.html').read_text()   # local links
+
+@pytest.mark.skipif(shutil.which('quarto') is not None, reason='quarto is installed here')
+def test_illama_docs_without_its_renderer_leaves_nothing(docs_places, capsys):
+    "--renderer quarto where Quarto is not installed: one line, exit 2, and no folder made for the site."
+    out = Path(docs_places['t']) / 'new' / 'site'
+    code, err = _run_main(docs_main, ['--root', str(DOCS_ROOT), '--out', str(out), '--renderer', 'quarto'], capsys)
+    assert code == 2 and 'quarto is not installed' in err and err.count('\n') == 1, err
+    assert not (Path(docs_places['t']) / 'new').exists()
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Non-finite numbers and records of the wrong type: never a result (issue 38, classes 2 and 4)
 
@@ -428,7 +444,7 @@ def test_outputs_are_checked_before_the_work(tmp_path, capsys):
     (tmp_path / 'afile').write_text('x')
     for main, args, says in [
             (export_main, ['illama_tiny', '--out', '/proc/illama/m.onnx'], "--out='/proc/illama/m.onnx' cannot be written"),
-            (export_main, ['illama_tiny', '--out', f'{tmp_path}/afile/m.onnx'], 'cannot be written'),
+            (export_main, ['illama_tiny', '--out', f'{tmp_path}/afile/m.onnx'], f"'{tmp_path}/afile' is a file, not a"),
             (bench_main, ['--out', f'{tmp_path}/bench.json'], 'expected a .md file name')]:
         code, err = _run_main(main, args, capsys)
         assert code == 2 and says in err and 'Traceback' not in err and err.count('\n') == 1, err
@@ -532,6 +548,9 @@ def test_a_failed_forced_rerun_keeps_the_finished_weights(world, tmp_path, capsy
         code, err = _run_main(repro_main, [*args, '--force', '--data', str(data)], capsys)
         assert code == 2 and says in err and err.count('\n') == 1, err
     assert before == (_snapshot(tmp_path / 'checkpoints'), _snapshot(tmp_path / 'results'))
+    assert not [*tmp_path.rglob('*.force'), *tmp_path.rglob('*.unfinished.ipynb')]    # nothing of the refused runs
+    code, err = _run_main(repro_main, [*args, '--root', str(tmp_path / 'new'), '--data', str(text)], capsys)
+    assert code == 2 and 'cannot be decoded' in err and not (tmp_path / 'new').exists(), err
 
 def test_illama_repro_refuses_a_result_of_another_length(world, tmp_path, capsys):
     "A finished 1-epoch result is not the 2-epoch run asked for: exit 2 naming --force, never a silent skip."
@@ -587,3 +606,54 @@ def test_illama_bench_int8_top1_checks_its_data_first(tmp_path, capsys):
                               capsys)
         assert code == 2 and says in err and err.count('\n') == 1, err
     assert not (tmp_path / 'r' / 'results').exists()
+
+def test_an_interrupted_fresh_run_leaves_the_finished_run_as_it_was(world, tmp_path, capsys, monkeypatch):
+    "--fresh over a finished run, Ctrl-C after epoch 1: exit 130, that run unchanged; uninterrupted, it replaces it."
+    import illama.train as tr
+    out = tmp_path / 'done'
+    shutil.copytree(world['run'], out)
+    before = _snapshot(out)
+    args = ['--step', 'ViT', *SMOKE, '--epochs', '2', '--data', str(world['ds']), '--out', str(out), '--fresh',
+            '--cache', str(world['t'] / 'c')]
+    fit = tr.fit_run
+    def stopped_after_one(learn, run, stop_after=None, quiet=False):
+        fit(learn, run, 1, quiet)
+        assert (run.out / CKPT).exists() and run.out == out / tr.FRESH     # epoch 1 is written, aside
+        raise KeyboardInterrupt
+    monkeypatch.setattr(tr, 'fit_run', stopped_after_one)
+    code, err = _run_main(train_main, args, capsys)
+    assert code == 130 and 'still holds the run it held' in err and err.count('\n') == 1, err
+    assert _snapshot(out) == before and not (out / tr.FRESH).exists()
+    monkeypatch.setattr(tr, 'fit_run', fit)
+    assert _run_main(train_main, args, capsys)[0] == 0
+    res, meta = read_result(out / 'results.json'), read_checkpoint(out / CKPT)[1]
+    assert res['epochs'] == meta['epoch'] == 2 and res['history'] == meta['history']
+    assert sorted(p.name for p in out.iterdir()) == [CKPT, 'results.json', 'results.png']
+
+def test_a_download_that_fails_is_one_line(tmp_path, capsys, monkeypatch):
+    "--download offline (no network is reached here: the download raises as offline): exit 2, one line, no folder left."
+    import urllib.error, torchvision
+    def offline(self): raise urllib.error.URLError('Name or service not known')
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, 'download', offline)
+    code, err = _run_main(train_main, ['--recipe', 'table16_cifar10', '--regime', 'smoke', '--download', '--data',
+                                       str(tmp_path / 'c10'), '--out', str(tmp_path / 'out')], capsys)
+    assert code == 2 and 'cifar10 cannot be downloaded into' in err and 'Name or service' in err, err
+    assert err.count('\n') == 1 and list(tmp_path.iterdir()) == [], err
+
+def test_illama_train_nproc_2_says_bad_data_and_ctrl_c_in_one_line(world, tmp_path):
+    "--nproc 2: an image that cannot be decoded, and Ctrl-C after epoch 1: one line each, exit 2 and 130 (no launcher's)."
+    import os, signal, time
+    cmd = [str(Path(sys.executable).with_name('illama-train')), '--nproc', '2', '--regime', 'smoke', '--batch-size', '8',
+           '--cache', str(world['t'] / 'c')]
+    r = subprocess.run([*cmd, '--epochs', '1', '--data', str(world['broken']), '--out', str(tmp_path / 'bad')],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and r.stderr.count('\n') == 1 and 'img2.png' in r.stderr and 'cannot be decoded' in r.stderr, \
+        r.stderr[-3000:]
+    out = tmp_path / 'long'
+    p = subprocess.Popen([*cmd, '--epochs', '500', '--data', str(world['ds']), '--out', str(out)], text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    while not (out / CKPT).exists() and p.poll() is None: time.sleep(0.1)    # its first epoch has been written
+    os.killpg(p.pid, signal.SIGINT)                                           # Ctrl-C: the terminal's whole group
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 130 and err.count('\n') == 1 and f"resume from '{out / CKPT}'" in err, err[-3000:]
+    assert read_checkpoint(out / CKPT)[1]['epoch'] >= 1

@@ -203,3 +203,13 @@ def test_two_c10d_nodes_train_like_one_process(tmp_path):
     assert all(n.returncode == 0 for n in nodes), '\n'.join(o[1][-2000:] for o in outs)
     res = json.loads((tmp_path / 'run' / 'results.json').read_text())
     assert res['nproc'] == 2 and res['epochs'] == 1 and sum('results: ' in o[0] for o in outs) == 1   # rank 0 reports
+
+def test_illama_train_nproc_2_trains_one_run(ds, tmp_path):
+    "`illama-train --nproc 2`, as a user runs it: two processes, one summary, a record of nproc 2, no launcher notice."
+    cmd = [str(Path(sys.executable).with_name('illama-train')), '--nproc', '2', '--step', 'ViT', '--regime', 'smoke',
+           '--epochs', '1', '--batch-size', '8', '--data', str(ds), '--out', str(tmp_path / 'run'),
+           '--cache', str(tmp_path / 'c')]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and r.stdout.count('results: ') == 1, r.stderr[-3000:]
+    assert 'OMP_NUM_THREADS' not in r.stderr and 'Traceback' not in r.stderr, r.stderr[-3000:]
+    assert json.loads((tmp_path / 'run' / 'results.json').read_text())['nproc'] == 2

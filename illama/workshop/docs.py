@@ -8,7 +8,7 @@ import argparse, html, inspect, os, re, shutil, subprocess, sys, tempfile, time,
 from contextlib import contextmanager
 from pathlib import Path
 import nbformat, yaml
-from ..data import write_text_atomic, CliParser
+from ..data import write_text_atomic, CliParser, tidy_folders
 
 # %% auto #0
 __all__ = ['SKIP_FLAGS', 'SITE_MARKER', 'RENDERERS', 'site_notebooks', 'page_order', 'page_name', 'local_paths', 'clean_text',
@@ -491,12 +491,14 @@ def build_docs(root='.', out=None, renderer: str = 'auto', execute: bool = True,
     t0 = time.time()
     for stale in out.parent.glob(f'.{out.name}.build-*'):      # left by a killed build; a running one is younger
         if time.time() - stale.stat().st_mtime > 3600: shutil.rmtree(stale, ignore_errors=True)
+    from fastcore.xtras import working_directory
     work = make_workdir(out)
-    try:
-        index = _process_all(root, work / 'site', renderer, execute, log)
-        site = finish_site(render_project(work / 'site', renderer, quiet=quiet), log)
-        _swap_in(site, out, work / 'previous')
-        if readme: make_readme(root, nb=index)
+    try:      # in `root`: nbdev reads the project's settings.ini from the working directory
+        with working_directory(root):
+            index = _process_all(root, work / 'site', renderer, execute, log)
+            site = finish_site(render_project(work / 'site', renderer, quiet=quiet), log)
+            _swap_in(site, out, work / 'previous')
+            if readme: make_readme(root, nb=index)
     finally: shutil.rmtree(work, ignore_errors=True)
     log(f"built {out} with {renderer} in {time.time() - t0:.0f}s" + (" (and README.md)" if readme else ""))
     return out
@@ -520,9 +522,12 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     try:
         root = check_root(a.root, '--root')
-        shutil.rmtree(make_workdir(check_out(a.out or root / '_docs', root, '--out'), '--out'))
-        build_docs(root, a.out, a.renderer, execute=not a.no_exec, readme=not a.no_readme, quiet=not a.verbose,
-                   log=lambda m: print(m, flush=True))
+        renderer = pick_renderer(a.renderer)
+        out = check_out(a.out or root / '_docs', root, '--out')
+        with tidy_folders(out):         # a build that fails leaves no empty folder where the site would have gone
+            shutil.rmtree(make_workdir(out, '--out'))
+            build_docs(root, out, renderer, execute=not a.no_exec, readme=not a.no_readme, quiet=not a.verbose,
+                       log=lambda m: print(m, flush=True))
     except ValueError as e: return p.fail(e)
     except DocsError as e:
         print(f"illama-docs: build failed, previous site kept: {e}", file=sys.stderr)

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/15_repro.ipynb #91809df3
 from __future__ import annotations
-import importlib, sys, time
+import importlib, logging, sys, time
 from pathlib import Path
 from ..vit import check_choice
 from ..recipes import MAX_EPOCHS, REGIMES
@@ -213,6 +213,7 @@ def main(argv=None) -> int:
     try: failed = _run(a, specs, data)
     except (DirtyTree, ValueError) as e: return p.fail(e)        # bad input a run's chapter found: no record
     except KeyboardInterrupt:   # the run in progress wrote no record; its checkpoint stays, so the same command resumes
+        logging.getLogger('asyncio').setLevel(logging.CRITICAL)   # the stopped kernel's cell task, collected at exit
         print('illama-repro: interrupted; run the same command to go on (finished runs are skipped)', file=sys.stderr)
         return 130
     if 'tables' in a.tables:                   # the analyses' tables and figures too, from their results

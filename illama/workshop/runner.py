@@ -4,14 +4,14 @@
 
 # %% ../../nbs/14b_runner.ipynb #ee9bebd5
 from __future__ import annotations
-import json, logging, os, shutil, signal, subprocess, sys, tempfile, threading, time
+import json, logging, os, shutil, subprocess, sys, tempfile, time
 from contextlib import contextmanager
 from pathlib import Path
 from ..vit import check_choice
 from ..recipes import REGIMES, Recipe
 from ..train import TrainConfig, file_lock, train
 from ..checkpoints import CKPT
-from ..data import git_revision
+from ..data import git_revision, tidy_folders, uninterrupted
 from ..results import ResultError, read_result, write_result
 from .rows import RowSpec, get_rows, row_recipe
 from .layout import checkpoint_dir, result_path, run_notebook_path
@@ -19,8 +19,8 @@ from .layout import checkpoint_dir, result_path, run_notebook_path
 # %% auto #0
 __all__ = ['ALLOW_DIRTY', 'CHAPTERS', 'SHUTDOWN_NOISE', 'STAGED', 'DirtyTree', 'check_clean', 'dirty_allowed', 'train_spec',
            'train_row', 'run_lock', 'nbs_dir', 'strip_images', 'failure_reason', 'pass_on', 'unfinished_path',
-           'execute_chapter', 'done_record', 'record_failure', 'execute_or_record', 'fresh_dir', 'uninterrupted',
-           'replace_dir', 'run_row']
+           'execute_chapter', 'done_record', 'record_failure', 'execute_or_record', 'fresh_dir', 'replace_dir',
+           'run_row']
 
 # %% ../../nbs/14b_runner.ipynb #e7e37526
 ALLOW_DIRTY = 'ILLAMA_ALLOW_DIRTY'   # '1': record from a dirty tree (set by --allow-dirty for the chapters' kernels)
@@ -89,7 +89,8 @@ def train_row(table: str, row: str, regime: str, seed: int = 0, data=None, epoch
 def run_lock(folder, what: str = 'this run', log=print):
     "Hold the lock of the run whose checkpoint folder is `folder`; wait (and say who holds it) if another process does."
     lock = Path(folder) / '.lock'
-    with file_lock(lock, lambda pid: log(f"waiting: {what} is being trained by process {pid} ({lock})")): yield
+    with tidy_folders(folder), file_lock(lock, lambda pid: log(f"waiting: {what} is being trained by process {pid} "
+                                                               f"({lock})")): yield   # a refused run leaves no folder
 
 # %% ../../nbs/14b_runner.ipynb #bf3a32de
 CHAPTERS = {'ViT': '00_vit', '+ LLaMA FFN': '01_swiglu', '+ LLaMA Norm': '02_rmsnorm',   # where each step is taught
@@ -197,7 +198,9 @@ def execute_or_record(chapter: str, out_nb, params: dict, result, record: dict, 
     try: execute_chapter(chapter, out_nb, params, timeout, keep_images, nbs)
     except KeyboardInterrupt: raise    # not a failure of the run: its checkpoint stays, and the same command resumes
     except BaseException as e:     # recorded, never silently missing; bad input is the caller's error, not a run's
-        if bad_input(e): raise ValueError(str(getattr(e, 'evalue', e))) from e
+        if bad_input(e):           # refused before it trained: no notebook of it is kept either
+            unfinished_path(out_nb).unlink(missing_ok=True)
+            raise ValueError(str(getattr(e, 'evalue', e))) from e
         return record_failure(result, record, e, timeout, round(time.time() - t0, 1), read, write)
     return None
 
@@ -215,15 +218,6 @@ def fresh_dir(ck: Path) -> Path:
 
 STAGED = 'staged_result.json'    # a forced run's record, in its own folder until the run has finished
 
-@contextmanager
-def uninterrupted():
-    "Within the block Ctrl-C waits (SIGINT blocked, in the main thread): two renames that belong together both happen."
-    main = threading.current_thread() is threading.main_thread()
-    if main: signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try: yield
-    finally:
-        if main: signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-
 def replace_dir(ck: Path, new: Path, res: Path | None = None):
     "The forced run finished: its record (staged in `new`) replaces `res`, and `new` takes `ck`'s place, together."
     old = ck.with_name(ck.name + '.old')
@@ -239,23 +233,25 @@ def run_row(spec: RowSpec, regime: str, seed: int = 0, root='experiments', data=
     "Run one row for one seed through its chapter with papermill, unless its result already exists."
     root, regime = Path(root).resolve(), check_choice('regime', regime, tuple(REGIMES))
     res, ck = result_path(root, regime, spec, seed), checkpoint_dir(root, regime, spec, seed)
-    what = f'{spec.table} / {spec.row} / seed {seed}'
-    with run_lock(ck, what, log):
+    what, out_nb = f'{spec.table} / {spec.row} / seed {seed}', run_notebook_path(root, regime, spec, seed)
+    with tidy_folders(out_nb.parent), run_lock(ck, what, log):
         if not force and (done := done_record(res)):
             log(f'skip {what}: done')
             return done
         check_clean(allow_dirty, f'the result of {what}')
         out = fresh_dir(ck) if force else ck       # a forced run keeps the finished weights until it finishes
-        out_nb = run_notebook_path(root, regime, spec, seed)
         params = dict(regime=regime, table=spec.table, row=spec.row, seed=seed, epochs=epochs, nproc=nproc,
                       data=str(Path(data).resolve()) if data else None, out=str(out),
                       result=str(out / STAGED if force else res))     # forced: the finished record stays till the end
         log(f'run  {what} -> {out_nb}')
         record = dict(run_id=spec.run_id, table=spec.table, row=spec.row, step=spec.step, seed=seed, regime=regime)
-        with dirty_allowed(allow_dirty):
-            failed = execute_or_record(CHAPTERS[spec.step], out_nb, params, res, record, timeout,
-                                       bad_input=lambda e: _refused(e, out))
-        if force and not failed: replace_dir(ck, out, res)
+        try:
+            with dirty_allowed(allow_dirty):
+                failed = execute_or_record(CHAPTERS[spec.step], out_nb, params, res, record, timeout,
+                                           bad_input=lambda e: _refused(e, out))
+            if force and not failed: replace_dir(ck, out, res)
+        finally:
+            if force: shutil.rmtree(out, ignore_errors=True)    # a forced run that did not finish: nothing resumes it
     if failed: log(f"FAILED {what}: {failed['error']}")
     return failed or read_result(res)
 
