@@ -10,7 +10,6 @@ import torch
 import torch.nn as nn
 import timm
 from . import models  # noqa: F401 -- registers illama_* with timm, which `load_model` names
-from .vit import Illama, IllamaConfig
 
 # %% auto #0
 __all__ = ['CKPT_NAME', 'ONNX_ATOL', 'load_model', 'example_input', 'export_program', 'check_program', 'graph_ops', 'export_onnx',
@@ -19,21 +18,14 @@ __all__ = ['CKPT_NAME', 'ONNX_ATOL', 'load_model', 'example_input', 'export_prog
 # %% ../nbs/13c_deploy.ipynb #a811996d
 CKPT_NAME = 'checkpoint.safetensors'   # chapter 11c's file name in a run folder
 
-def _from_checkpoint(path: Path, img_size=None) -> Illama:
-    "The model of one of our checkpoints (its own config, α = 0), at `img_size` if given."
-    from illama.checkpoints import read_checkpoint          # here: chapter 11c imports fastai, which `illama` does not
-    t, meta, _ = read_checkpoint(path, fix='give a checkpoint that illama-train wrote')
-    model = Illama(IllamaConfig.from_dict(meta['model']))
-    model.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith('model.')})
-    model.set_soft_mask_alpha(0.0)
-    return model.set_input_size(img_size) if img_size else model
-
 def load_model(src, img_size=None) -> nn.Module:
     "An eval-mode model from `src`: a module, a timm model name, or our checkpoint (a file or its run folder)."
     if isinstance(src, nn.Module): return src.eval()
     p = Path(src)
     if p.is_dir(): p = p / CKPT_NAME
-    if p.is_file(): return _from_checkpoint(p, img_size).eval()
+    if p.is_file():      # chapter 13's model of a run (here: chapter 13 imports fastai, which `illama` does not)
+        from illama.evaluate import run_model
+        return run_model(p, img_size)
     if p.suffix or not timm.is_model(str(src)):
         raise ValueError(f"{str(src)!r} is neither a checkpoint file nor a timm model name (e.g. 'illama_tiny')")
     return timm.create_model(str(src), **({} if img_size is None else dict(img_size=img_size))).eval()

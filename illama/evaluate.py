@@ -11,7 +11,7 @@ from .data import open_rgb, scan_folder, write_text_atomic, git_revision, check_
 
 # %% auto #0
 __all__ = ['expected_calibration_error', 'imagenet_indices', 'label_indices', 'data_config', 'eval_loader', 'predict', 'evaluate',
-           'check_weights', 'hub_reachable', 'load_model', 'run_classes', 'load_run_model', 'main']
+           'check_weights', 'hub_reachable', 'load_model', 'run_classes', 'run_model', 'main']
 
 # %% ../nbs/13_evaluate.ipynb #0dd9206f
 def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float:
@@ -34,8 +34,7 @@ def imagenet_indices(classes) -> list[int] | None:
 
 # %% ../nbs/13_evaluate.ipynb #2ffaffdd
 def label_indices(classes, num_classes: int, names=None) -> list[int]:
-    "The model output of each folder class: by the model's class `names` if known, its ImageNet-1K index (1000-class "
-    "models), else the folder's order."
+    "Each folder class's model output: by the model's class `names`, else ImageNet-1K index (1000 classes) or order."
     if names is not None:          # a model trained here knows its classes (the folders it was trained on)
         if missing := [c for c in classes if c not in names]:
             raise ValueError(f"data: the class folders {missing[:3]} are not among the model's {len(names)} classes "
@@ -177,10 +176,20 @@ def run_classes(path) -> list[str] | None:
         return [str(c) for c in meta['classes']]
     except Exception: return None          # another format (a .pth, a bare state dict), or no classes recorded
 
-def load_run_model(path):
-    "The model a checkpoint of illama-train describes, checked, and its class names."
-    from illama.deploy import load_model as model_of      # chapter 13c: the model of one of our checkpoints
-    return model_of(path), run_classes(path)
+def run_model(path, img_size=None):
+    "The eval-mode model a checkpoint of illama-train describes: its own config, its weights (checked), α = 0."
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    from illama.vit import Illama, IllamaConfig
+    try:
+        with safe_open(str(path), 'pt') as f: meta = json.loads((f.metadata() or {})['meta'])
+        model = Illama(IllamaConfig.from_dict(meta['model']))
+        model.load_state_dict({k[6:]: v for k, v in load_file(str(path)).items() if k.startswith('model.')})
+    except Exception as e:     # safetensors, json and the state dict each raise their own errors
+        raise ValueError(f"checkpoint {str(path)!r} is not one that illama-train wrote ({error_line(e)})") from e
+    check_weights(model.state_dict(), f"checkpoint {str(path)!r}")
+    model.set_soft_mask_alpha(0.0)          # a soft-mask run's model after training: causal (chapter 5)
+    return (model.set_input_size(img_size) if img_size else model).eval()
 
 # %% ../nbs/13_evaluate.ipynb #89809988
 def _parser():
@@ -222,7 +231,7 @@ def main(argv=None) -> int:
     try:
         _check(a)
         names = run_classes(a.checkpoint) if a.checkpoint else None
-        if names is not None: model, names = load_run_model(a.checkpoint)      # one of our runs: its own model
+        if names is not None: model = run_model(a.checkpoint)                # one of our runs: its own model
         elif a.model is None:
             raise ValueError("--model is required (a timm tag such as illama_tiny.in1k), unless --checkpoint is a "
                              "checkpoint.safetensors that illama-train wrote")

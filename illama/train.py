@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_train.ipynb #cc3fb47e
 from __future__ import annotations
-import atexit, fcntl, json, os, shutil, sys, time, warnings
+import atexit, fcntl, json, os, shutil, sys, tempfile, time, warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -22,7 +22,7 @@ from fastcore.basics import noop
 from .vit import get_step, Illama, ROADMAP, SIZES, check_choice
 from .data import find_data, folder_tensors, folder_images, FolderImages, cifar_tensors, make_dls, BatchAugment
 from .data import atomic_save, cache_dir, git_revision, scan_folder, CliParser, check_writable, tidy_folders
-from .data import uninterrupted
+from .data import uninterrupted, write_text_atomic
 from .results import ResultError, read_result, write_result
 from .recipes import (Recipe, RECIPES, REGIMES, MAX_EPOCHS, PIPELINES, step_recipe, step_model_config,
                             check_precision, lr_scheds, make_mixup)
@@ -307,9 +307,11 @@ def _locks_path(f, path: Path) -> bool:
 def file_lock(path, busy):
     "Hold an exclusive lock on file `path` (it names the holder's process); if another holds it, `busy(pid)` first."
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        try: f = open(path, 'a+')
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            f = open(path, 'a+')
+        except FileNotFoundError: continue  # its folder went as the holder let go (`tidy_folders`): make it again
         except OSError as e: raise ValueError(f"lock file {str(path)!r} cannot be opened ({e.strerror})") from e
         try:
             try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -416,8 +418,10 @@ def _parser():
 
 def _fail(msg, code: int = 2) -> int:
     "Say `msg` in one line on stderr; the exit code (2: bad input; 1: the run itself failed; 130: Ctrl-C)."
-    quiet = num_distrib() > 0 and (rank_distrib() != 0 or os.environ.get(LAUNCHED))   # one of several processes:
-    if code == 130 and quiet: return code             # Ctrl-C is said once, by rank 0 or by the launcher (`--nproc`)
+    if num_distrib() > 0 and (errors := os.environ.get(LAUNCHED)):     # a process of `--nproc`: its launcher says it
+        if code != 130: write_text_atomic(Path(errors) / f'{rank_distrib()}.err', str(msg))
+        return code
+    if code == 130 and rank_distrib() != 0: return code      # Ctrl-C under torchrun: rank 0 says it once
     return CliParser(prog='illama-train').fail(msg, code)
 
 def check_int(name: str, value, lo: int, hi: int):
@@ -521,7 +525,13 @@ signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.exit(main())
 """   # what each process runs
 
-LAUNCHED = 'ILLAMA_LAUNCHED'    # set for the processes `--nproc` starts: the launcher, not they, says what Ctrl-C left
+LAUNCHED = 'ILLAMA_LAUNCHED'    # the processes `--nproc` starts leave their error line in this folder: the launcher
+                                # says the first one once (several processes may meet the same bad image)
+
+def _first_error(folder: Path, rank: int) -> str | None:
+    "The error line process `rank` left in `folder`, else the lowest rank's, else None."
+    files = sorted(folder.glob('*.err'), key=lambda p: (p.stem != str(rank), int(p.stem)))
+    return files[0].read_text() if files else None
 
 def _relaunch(argv, nproc: int, cfg: TrainConfig) -> int:
     "Run the same command under torchrun's launcher with `nproc` processes; the exit code of the first that failed."
@@ -530,17 +540,21 @@ def _relaunch(argv, nproc: int, cfg: TrainConfig) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     args = _without_nproc(list(sys.argv[1:] if argv is None else argv))
     os.environ.setdefault('OMP_NUM_THREADS', str(max(1, (os.cpu_count() or 1) // nproc)))   # the cores, shared
-    os.environ[LAUNCHED] = '1'
     _quiet_launcher()
     aside = cfg.resume is False and holds_run(cfg.out)
     launch = ['--standalone', f'--nproc_per_node={nproc}', '--no-python', sys.executable, '-u', '-c', RANK_MAIN]
-    try: run(parse_args([*launch, *args]))
-    except ChildFailedError as e:            # the process said why in its own line (or was killed: say so here)
-        rank, failure = e.get_first_failure()
-        code = failure.exitcode
-        return code if code > 0 else _fail(f"process {rank} of {nproc} was stopped by {failure.signal_name()}", 1)
-    except SignalException:                  # Ctrl-C: the processes have stopped; what they left, and how to go on
-        return _fail(interrupted_line(cfg.out, cfg.resume is False, aside), 130)
+    with tempfile.TemporaryDirectory(prefix='illama-errors-') as errors:
+        os.environ[LAUNCHED] = errors
+        try: run(parse_args([*launch, *args]))
+        except ChildFailedError as e:        # the first process that failed: its line, or how it was stopped
+            rank, failure = e.get_first_failure()
+            code = failure.exitcode
+            if code < 0: return _fail(f"process {rank} of {nproc} was stopped by {failure.signal_name()}", 1)
+            return _fail(_first_error(Path(errors), rank) or f"process {rank} of {nproc} failed (exit code {code})",
+                         code)
+        except SignalException:              # Ctrl-C: the processes have stopped; what they left, and how to go on
+            return _fail(interrupted_line(cfg.out, cfg.resume is False, aside), 130)
+        finally: os.environ.pop(LAUNCHED, None)
     return 0
 
 # %% ../nbs/11_train.ipynb #50c57516
@@ -572,7 +586,8 @@ def _main(a, argv) -> int:
 def interrupted_line(out, fresh: bool, aside: bool) -> str:
     "What Ctrl-C left in `out`, and how to go on (`aside`: a --fresh run over a run, which stays till it ends)."
     ck = Path(out) / CKPT
-    if aside: return f"interrupted; --out '{out}' still holds the run it held (a --fresh run replaces it only when it ends)"
+    if aside:
+        return f"interrupted; --out '{out}' still holds the run it held (a --fresh run replaces it only when it ends)"
     again = 'the same command without --fresh' if fresh else 'the same command'
     return (f"interrupted; run {again} to resume from '{ck}'" if ck.exists() else
             "interrupted before its first epoch ended: nothing was kept; the same command starts again")
