@@ -140,5 +140,6 @@ def load_init(model, init):
     check_weights(sd, f"init={str(init)!r}")
     try: model.load_state_dict(checkpoint_filter_fn(sd, model), strict=False)
     except (RuntimeError, ValueError) as e:   # keys or shapes that do not fit: another size or architecture
-        raise ValueError(f"init={str(init)!r} does not fit this model: {str(e).splitlines()[-1].strip()}") from e
+        why = str(e).splitlines()[-1].strip().removeprefix('the checkpoint does not fit this model: ')
+        raise ValueError(f"init={str(init)!r} does not fit this model: {why}") from e
     return model

@@ -26,6 +26,14 @@ def load_model(src, img_size=None) -> nn.Module:
     if p.is_file():      # chapter 13's model of a run (here: chapter 13 imports fastai, which `illama` does not)
         from illama.evaluate import run_model
         return run_model(p, img_size)
+    if str(src) in timm.list_pretrained(str(src).split('.')[0] + '.*'):   # released weights, 'illama_tiny.in1k':
+        from illama.evaluate import load_model as released      # chapter 13 fetches them, or says why not
+        kw = {} if img_size is None else dict(img_size=img_size)
+        try: return released(str(src), **kw).eval()
+        except ValueError as e:
+            why = str(e).split(': ', 1)[-1].split(';')[0]
+            raise ValueError(f"{str(src)!r} names released weights, which could not be loaded ({why}); export a "
+                             f"checkpoint that illama-train wrote, or the untrained {str(src).split('.')[0]!r}") from e
     if p.suffix or not timm.is_model(str(src)):
         raise ValueError(f"{str(src)!r} is neither a checkpoint file nor a timm model name (e.g. 'illama_tiny')")
     return timm.create_model(str(src), **({} if img_size is None else dict(img_size=img_size))).eval()
@@ -64,6 +72,15 @@ def _require(module: str):
 def export_onnx(src, path, img_size=None, batch: int = 2, opset: int | None = None) -> Path:
     "Write `src` (module, timm name or checkpoint) as ONNX at `path`: input `images`, output `logits`, batch dynamic."
     _require('onnxscript')
+    import onnx
+    top = onnx.defs.onnx_opset_version()
+    if opset is not None and not (type(opset) is int and 18 <= opset <= top):
+        raise ValueError(f"opset={opset!r} is not allowed; torch's exporter writes opsets 18 to {top} "
+                         f"(None: its default)")
+    if type(batch) is not int or not 2 <= batch <= 4096:      # batch 1 would be traced as a constant
+        raise ValueError(f"batch={batch!r} is not allowed; the example batch is an integer from 2 to 4096 "
+                         f"(the exported batch is dynamic)")
+    if Path(path).suffix != '.onnx': raise ValueError(f"path={str(path)!r} is not allowed: expected a .onnx file name")
     model = load_model(src, img_size)
     from illama.data import check_writable                  # here: chapter 10 imports fastai, `illama` does not
     path = check_writable(path, 'path')

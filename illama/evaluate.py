@@ -230,19 +230,24 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     try:
         _check(a)
-        names = run_classes(a.checkpoint) if a.checkpoint else None
-        if names is not None: model = run_model(a.checkpoint)                # one of our runs: its own model
-        elif a.model is None:
-            raise ValueError("--model is required (a timm tag such as illama_tiny.in1k), unless --checkpoint is a "
-                             "checkpoint.safetensors that illama-train wrote")
-        else: model = load_model(a.model, a.checkpoint)
+        ck = a.checkpoint and (Path(a.checkpoint) / 'checkpoint.safetensors' if Path(a.checkpoint).is_dir()
+                                else a.checkpoint)                       # a run's folder stands for its checkpoint
+        names = run_classes(ck) if ck else None
+        if a.model is None:
+            if not ck: raise ValueError("--model is required (a timm tag such as illama_tiny.in1k), unless "
+                                        "--checkpoint is a checkpoint that illama-train wrote")
+            model, names = run_model(ck), names    # one of our runs: its own model (or why the file is not one)
+        elif names is not None:
+            raise ValueError(f"--model={a.model!r} is not allowed with --checkpoint={str(ck)!r}: a checkpoint that "
+                             f"illama-train wrote holds its own model; leave --model out")
+        else: model = load_model(a.model, ck)
         device = a.device or ('cuda' if torch.cuda.is_available() else 'cpu')
         res = evaluate(model, a.data, a.batch_size, a.limit, a.workers, device, progress=sys.stdout.isatty(),
                        names=names)
     except ValueError as e:     # one line: an image that fails in a loader worker arrives with the worker's traceback
         return p.fail(e)
     except KeyboardInterrupt: return p.fail('interrupted; nothing was written', 130)
-    res = dict(model=a.model, checkpoint=a.checkpoint, data=str(a.data), **res, git_rev=git_revision())
+    res = dict(model=a.model, checkpoint=str(ck) if ck else None, data=str(a.data), **res, git_rev=git_revision())
     print(json.dumps(res, indent=1))
     if a.out: write_text_atomic(a.out, json.dumps(res, indent=1))
     return 0

@@ -33,9 +33,10 @@ from .checkpoints import CKPT, read_checkpoint, load_checkpoint, CheckpointCallb
 
 # %% auto #0
 __all__ = ['FRESH', 'RUN_FILES', 'RANK_MAIN', 'LAUNCHED', 'load_tensors', 'check_trainable', 'make_learner', 'CpuDistributedDL',
-           'plot_history', 'TrainConfig', 'Run', 'run_differences', 'check_batch', 'plan_run', 'build_learner',
-           'fit_run', 'run_result', 'finish_run', 'file_lock', 'out_lock', 'holds_run', 'land_fresh', 'fresh_aside',
-           'train', 'check_int', 'default_out', 'plan_from_args', 'main', 'interrupted_line']
+           'plot_history', 'TrainConfig', 'check_config', 'Run', 'run_differences', 'check_batch', 'init_name',
+           'plan_run', 'build_learner', 'fit_run', 'run_result', 'finish_run', 'file_lock', 'out_lock', 'holds_run',
+           'land_fresh', 'fresh_aside', 'train', 'check_int', 'default_out', 'plan_from_args', 'main',
+           'interrupted_line']
 
 # %% ../nbs/11_train.ipynb #ec0baf47
 def load_tensors(recipe: Recipe, data=None, cache=None, download=False):
@@ -159,6 +160,32 @@ class TrainConfig:
     stop_after: int | None = None       # stop after this epoch, as if killed (the checkpoint stays; no results.json)
     quiet: bool = False                 # no progress bar and no epoch table on stdout
 
+# %% ../nbs/11_train.ipynb #b7598e8b
+def _is_int(v) -> bool: return isinstance(v, int) and not isinstance(v, bool)
+def _is_path(v) -> bool: return isinstance(v, (str, os.PathLike)) and str(v).strip() != ''
+
+def check_config(cfg: TrainConfig) -> TrainConfig:
+    "`cfg` if every field holds a value of its type and range; else a `ValueError` naming the first that does not."
+    rules = [('step', lambda v: isinstance(v, str), 'a roadmap step (a str)'),
+             ('size', lambda v: isinstance(v, str), 'a size (a str)'),
+             ('regime', lambda v: isinstance(v, str), 'a regime (a str)'),
+             ('seed', lambda v: _is_int(v) and 0 <= v <= 10**6, 'an integer from 0 to 1000000'),
+             ('epochs', lambda v: v is None or _is_int(v) and 1 <= v <= MAX_EPOCHS,
+              f'an integer from 1 to {MAX_EPOCHS}, or None'),
+             ('recipe', lambda v: v is None or isinstance(v, Recipe), 'a Recipe (e.g. RECIPES[name]), or None'),
+             ('out', _is_path, 'a folder (a str or Path)'),
+             ('data', lambda v: v is None or _is_path(v), 'a folder (a str or Path), or None'),
+             ('cache', lambda v: v is None or _is_path(v), 'a folder (a str or Path), or None'),
+             ('init', lambda v: v is None or _is_path(v), 'a weights file or a released tag, or None'),
+             ('freeze_epochs', lambda v: _is_int(v) and 0 <= v <= MAX_EPOCHS, f'an integer from 0 to {MAX_EPOCHS}'),
+             ('resume', lambda v: v is None or isinstance(v, bool), 'True, False or None'),
+             ('stop_after', lambda v: v is None or _is_int(v) and v >= 1, 'an integer >= 1, or None'),
+             *((f, lambda v: isinstance(v, bool), 'True or False') for f in ('download', 'augment', 'quiet'))]
+    for name, ok, allowed in rules:
+        if not ok(v := getattr(cfg, name)):
+            raise ValueError(f"TrainConfig.{name}={v!r} is not allowed; it must be {allowed}")
+    return cfg
+
 # %% ../nbs/11_train.ipynb #984df89f
 @dataclass
 class Run:
@@ -175,20 +202,23 @@ class Run:
     smooth_loss: dict | None = None  # fastai's smoothed-loss state at the checkpoint
     t0: float = 0.0                  # wall-clock start, moved back by the seconds the resumed epochs took
     freeze_epochs: int = 0           # fine-tuning: epochs that train the head only (fastai's fine_tune)
+    init: str | None = None          # the weights it started from: a file (its full path) or a released tag
 
     @property
     def meta(self) -> dict:
         "What a checkpoint records about the run, to resume it and to recognise it."
         return dict(step=self.step, size=self.size, regime=self.regime, seed=self.seed, recipe=self.recipe.to_dict(),
-                    nproc=self.nproc, freeze_epochs=self.freeze_epochs, git_rev=git_revision())
+                    nproc=self.nproc, freeze_epochs=self.freeze_epochs, init=self.init, git_rev=git_revision())
 
 # %% ../nbs/11_train.ipynb #b12190f1
 def run_differences(meta: dict, run: Run) -> list[str]:
     "The fields in which a checkpoint's run (`meta`) differs from `run`: 'seed: 0 (checkpoint) vs 7 (asked)', ..."
     ck = Recipe.from_dict({'pipeline': 'cache', **meta['recipe']}).to_dict()   # checkpoints before `pipeline` cached
-    asked = dict(step=run.step, size=run.size, regime=run.regime, seed=run.seed, recipe=run.recipe.to_dict())
+    asked = dict(step=run.step, size=run.size, regime=run.regime, seed=run.seed, recipe=run.recipe.to_dict(),
+                 init=run.init, freeze_epochs=run.freeze_epochs)
     have = dict(step=meta['step'], size=meta['size'], regime=meta.get('regime', run.regime), seed=meta['seed'],
-                recipe=ck)
+                recipe=ck, init=meta.get('init', run.init),        # a checkpoint from before `init` was kept: unknown
+                freeze_epochs=meta.get('freeze_epochs', 0))
     diff = [k for k in asked if asked[k] != have[k] and k != 'recipe']
     diff += [f'recipe.{k}' for k in asked['recipe'] if asked['recipe'][k] != ck.get(k)]
     def show(d, k): return d['recipe'][k[7:]] if k.startswith('recipe.') else d[k]
@@ -200,12 +230,16 @@ def check_batch(batch_size, nproc):
     if nproc < 1 or batch_size % nproc: raise ValueError(f"batch_size={batch_size} is not divisible by nproc={nproc}")
 
 # %% ../nbs/11_train.ipynb #0bdd800d
+def init_name(init) -> str | None:
+    "How a run records the weights it started from: a file by its full path, a released tag as it is."
+    return None if init is None else str(Path(init).resolve()) if Path(init).is_file() else str(init)
+
 def plan_run(cfg: TrainConfig) -> Run:
     "The run `cfg` asks for: a fresh one, or (unless `resume=False`) the one whose checkpoint is in `out`, if it is it."
-    st = get_step(cfg.step)
+    st = get_step(check_config(cfg).step)
     recipe = cfg.recipe or step_recipe(st, cfg.size, cfg.regime, cfg.epochs)
     run = Run(st.name, cfg.size, cfg.regime, cfg.seed, recipe, Path(cfg.out), nproc=max(num_distrib(), 1),
-              t0=time.time(), freeze_epochs=cfg.freeze_epochs)
+              t0=time.time(), freeze_epochs=cfg.freeze_epochs, init=init_name(cfg.init))
     check_batch(recipe.batch_size, run.nproc)
     ck = run.out / CKPT
     if cfg.resume is True and not ck.exists(): raise ValueError(f"resume=True but {str(ck)!r} does not exist")
@@ -279,7 +313,8 @@ def run_result(learn, run: Run) -> dict:
                 images_per_s=_throughput(run.history, learn),
                 model_step_share=learn.recipe.model_step_share if now else last.get('model_step_share'),
                 resumed_from_epoch=run.start, seed=run.seed, nproc=run.nproc,
-                config=dict(model=learn.model.cfg.to_dict(), recipe=run.recipe.to_dict()), git_rev=git_revision(),
+                config=dict(model=learn.model.cfg.to_dict(), recipe=run.recipe.to_dict(), init=run.init,
+                            freeze_epochs=run.freeze_epochs), git_rev=git_revision(),
                 history=run.history, **_bf16_products(learn))
 
 # %% ../nbs/11_train.ipynb #28c1c33d
@@ -381,7 +416,7 @@ def fresh_aside(run: Run, resume):
 def train(cfg: TrainConfig):
     "Train the run `cfg` describes; the learner, with the result record in `learn.result` (and `out/results.json`)."
     if not isinstance(cfg, TrainConfig): raise TypeError(f"train takes a TrainConfig, not {type(cfg).__name__}")
-    with out_lock(cfg.out):
+    with out_lock(check_config(cfg).out):
         run = plan_run(cfg)
         learn = build_learner(run, cfg)
         with fresh_aside(run, cfg.resume):

@@ -233,6 +233,7 @@ def runs_materialised(q) -> bool:
 
 def image_chunks(x, image_bytes: int):
     "The batch `x` as the chunks of images a model runs one after another: one, unless 'auto' splits CPU inference."
+    if not torch.is_tensor(x): raise TypeError(f"x: expected a tensor of images (B, C, H, W), not {type(x).__name__}")
     if kernel_choice() != 'auto' or kernels.traced(): return (x,)         # a traced batch stays whole (and symbolic)
     return x.split(kernels.images_per_chunk(x, image_bytes))
 

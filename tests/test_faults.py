@@ -98,6 +98,8 @@ TRAIN_CASES = [   # (arguments, what the message must say)
     (['--resume', '--out', '{t}/nothing'], '--resume but'),
     (['--out', '{run}', '--seed', '7'], "holds a checkpoint of another run (seed: 0 (checkpoint) vs 7 (asked))"),
     (['--out', '{run}', '--step', '+ LLaMA FFN'], "step: 'ViT' (checkpoint) vs '+ LLaMA FFN' (asked)"),
+    (['--out', '{run}', '--init', '{ffn}/../run/checkpoint.safetensors'], "init: None (checkpoint) vs '{run}/checkpoint"),
+    (['--out', '{run}', '--freeze-epochs', '2'], "freeze_epochs: 0 (checkpoint) vs 2 (asked)"),
     (['--out', '{t}/trunc'], "checkpoint '{t}/trunc/checkpoint.safetensors' cannot be read"),
     (['--resume', '--fresh', '--out', '{run}'], '--resume and --fresh contradict each other'),
     (['--cache', '{t}/afile/sub'], "cache='{t}/afile/sub' cannot be made"),
@@ -657,3 +659,49 @@ def test_illama_train_nproc_2_says_bad_data_and_ctrl_c_in_one_line(world, tmp_pa
     _, err = p.communicate(timeout=300)
     assert p.returncode == 130 and err.count('\n') == 1 and f"resume from '{out / CKPT}'" in err, err[-3000:]
     assert read_checkpoint(out / CKPT)[1]['epoch'] >= 1
+
+def test_an_input_name_too_long_is_one_line(world, tmp_path, capsys):
+    "A name over 255 bytes in an input (--data, --checkpoint, --init, --root, a positional source): one line, exit 2."
+    from illama.deploy import main as export_main
+    from illama.evaluate import main as eval_main
+    from illama.workshop.docs import main as docs_main
+    long = str(tmp_path / ('x' * 300))
+    for main, args in ((eval_main, ['--checkpoint', long + '.pth', '--model', 'illama_tiny', '--data', str(world['ds'])]),
+                       (eval_main, ['--model', 'illama_tiny', '--data', long]),
+                       (train_main, ['--regime', 'smoke', '--data', str(world['ds']), '--init', long + '.pth']),
+                       (train_main, ['--regime', 'smoke', f'--data={long}']),
+                       (export_main, [long + '.safetensors', '--out', str(tmp_path / 'x.onnx')]),
+                       (repro_main, ['table17', '--regime', 'smoke', '--data', long, '--root', str(tmp_path / 'r')]),
+                       (docs_main, ['--root', long, '--out', str(tmp_path / 'site')])):
+        code, err = _run_main(main, args, capsys)
+        assert code == 2 and 'File name too long' in err and err.count('\n') == 1 and 'Traceback' not in err, err
+    assert list(tmp_path.iterdir()) == []
+
+@pytest.mark.parametrize('args,says', [(['--batch', '100000'], '--batch=100000 is not allowed'),
+                                       (['--threads', '9999'], 'four per core'),
+                                       (['--batch', '2048', '--img-size', '1024'], 'would take 24 GiB'),
+                                       (['--data', '.'], '--data is read only by --int8-top1')])
+def test_illama_bench_refuses_what_it_could_not_run(tmp_path, capsys, args, says):
+    "A batch past any memory, more threads than makes sense, or an option it would ignore: one line, exit 2, at once."
+    from illama.workshop.bench import main as bench_main
+    code, err = _run_main(bench_main, [*args, '--out', str(tmp_path / 'b.md')], capsys)
+    assert code == 2 and says in err and err.count('\n') == 1 and 'Traceback' not in err, err
+    assert list(tmp_path.iterdir()) == []
+
+def test_illama_export_of_a_released_tag_says_why_not(tmp_path, capsys, monkeypatch):
+    "A released tag where the hub cannot be reached: one line that names it as released weights, not 'no model name'."
+    import illama.evaluate as ev
+    from illama.deploy import main as export_main
+    monkeypatch.setattr(ev, 'hub_reachable', lambda *a, **k: False)
+    code, err = _run_main(export_main, ['illama_tiny.in1k', '--out', str(tmp_path / 'x.onnx')], capsys)
+    assert code == 2 and "'illama_tiny.in1k' names released weights" in err and err.count('\n') == 1, err
+
+@pytest.mark.parametrize('kw,says', [(dict(opset=1), 'opset=1 is not allowed'), (dict(batch=0), 'batch=0 is not allowed'),
+                                     (dict(path='m.txt'), 'expected a .onnx file name')])
+def test_export_onnx_refuses_what_it_would_not_write(tmp_path, kw, says):
+    "The Python API: an opset the exporter does not write (it wrote 18 instead), a batch of 0, a name that is not .onnx."
+    pytest.importorskip('onnxscript')
+    from illama.deploy import export_onnx
+    path = tmp_path / kw.pop('path', 'm.onnx')
+    with pytest.raises(ValueError, match=says): export_onnx('illama_tiny', path, img_size=32, **kw)
+    assert list(tmp_path.iterdir()) == []

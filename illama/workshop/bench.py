@@ -560,7 +560,15 @@ def _check(a):
     for name in ('batch', 'repeats', 'threads'):
         v = getattr(a, name)
         if v is not None and v < 1: raise ValueError(f"--{name}={v} is not allowed; it must be a positive integer")
+    if a.threads is not None and a.threads > (most := 4 * (os.cpu_count() or 1)):
+        raise ValueError(f"--threads={a.threads} is not allowed; it must be a positive integer <= {most} "
+                         f"(four per core here)")
+    if a.batch is not None and a.batch > 4096:
+        raise ValueError(f"--batch={a.batch} is not allowed; it must be a positive integer up to 4096")
     if a.latency_images < 1: raise ValueError(f'--latency-images={a.latency_images} must be a positive integer')
+    if a.data is not None and not a.int8_top1:
+        raise ValueError("--data is read only by --int8-top1 (the speed benchmarks use random images): pass both, "
+                         "or leave --data out")
     if a.int8_top1 and a.deploy: raise ValueError("--int8-top1 and --deploy are two runs of their own: pass one")
     if a.int8_top1:                     # it may train a cpu-regime row first: its data and --root, checked now
         scan_folder(find_data(a.data), max_per_class=1)
@@ -569,6 +577,10 @@ def _check(a):
     if a.warmup < 0: raise ValueError(f'--warmup={a.warmup} is not allowed; it must be >= 0')
     if a.img_size < 16 or a.img_size % 16 or a.img_size > 4096:     # 4096: illama-train's own bound
         raise ValueError(f'--img-size={a.img_size} is not allowed; use a multiple of 16 up to 4096')
+    if (a.batch or 64) * 3 * a.img_size ** 2 * 4 > 2 ** 32:            # one batch of inputs alone over 4 GiB
+        raise ValueError(f"--batch={a.batch or 64} at --img-size={a.img_size} is not allowed: one batch of images "
+                         f"would take {(a.batch or 64) * 3 * a.img_size ** 2 * 4 / 2 ** 30:.0f} GiB; use fewer or "
+                         f"smaller images")
     if a.device not in (None, 'cpu', 'cuda'): raise ValueError(f"--device={a.device!r} is not allowed; use cpu or cuda")
     if a.device == 'cuda' and not torch.cuda.is_available(): raise ValueError("--device='cuda': no CUDA device here")
     dev = a.device or ('cuda' if torch.cuda.is_available() else 'cpu')

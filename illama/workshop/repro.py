@@ -214,8 +214,7 @@ def main(argv=None) -> int:
     except (DirtyTree, ValueError) as e: return p.fail(e)        # bad input a run's chapter found: no record
     except KeyboardInterrupt:   # the run in progress wrote no record; its checkpoint stays, so the same command resumes
         logging.getLogger('asyncio').setLevel(logging.CRITICAL)   # the stopped kernel's cell task, collected at exit
-        print('illama-repro: interrupted; run the same command to go on (finished runs are skipped)', file=sys.stderr)
-        return 130
+        return p.fail('interrupted; run the same command to go on (finished runs are skipped)', 130)
     if 'tables' in a.tables:                   # the analyses' tables and figures too, from their results
         for f in redraw_analyses(a.regime, a.root): print(f'wrote {f}')
     for f in write_tables(a.regime, a.root): print(f'wrote {f}')
