@@ -21,6 +21,10 @@ CKPT_NAME = 'checkpoint.safetensors'   # chapter 11c's file name in a run folder
 def load_model(src, img_size=None) -> nn.Module:
     "An eval-mode model from `src`: a module, a timm model name, or our checkpoint (a file or its run folder)."
     if isinstance(src, nn.Module): return src.eval()
+    if not isinstance(src, (str, os.PathLike)) or not str(src).strip():
+        raise ValueError(f"src={src!r} is not allowed: give a timm model name, a checkpoint or a run folder")
+    if img_size is not None and not (type(img_size) is int and 16 <= img_size <= 4096):     # illama-train's bound
+        raise ValueError(f"img_size={img_size!r} is not allowed; it must be an integer from 16 to 4096, or None")
     p = Path(src)
     if p.is_dir(): p = p / CKPT_NAME
     if p.is_file():      # chapter 13's model of a run (here: chapter 13 imports fastai, which `illama` does not)

@@ -203,6 +203,7 @@ class Run:
     t0: float = 0.0                  # wall-clock start, moved back by the seconds the resumed epochs took
     freeze_epochs: int = 0           # fine-tuning: epochs that train the head only (fastai's fine_tune)
     init: str | None = None          # the weights it started from: a file (its full path) or a released tag
+    classes: list | None = None      # the class folders of the checkpoint it resumes (None: a new run)
 
     @property
     def meta(self) -> dict:
@@ -241,6 +242,9 @@ def plan_run(cfg: TrainConfig) -> Run:
     run = Run(st.name, cfg.size, cfg.regime, cfg.seed, recipe, Path(cfg.out), nproc=max(num_distrib(), 1),
               t0=time.time(), freeze_epochs=cfg.freeze_epochs, init=init_name(cfg.init))
     check_batch(recipe.batch_size, run.nproc)
+    if run.freeze_epochs > recipe.epochs:        # all of them: the head alone (a linear probe); more: nonsense
+        raise ValueError(f"--freeze-epochs={run.freeze_epochs} is not allowed: it must be at most the run's "
+                         f"epochs ({recipe.epochs})")
     ck = run.out / CKPT
     if cfg.resume is True and not ck.exists(): raise ValueError(f"resume=True but {str(ck)!r} does not exist")
     if not ck.exists() or cfg.resume is False: return run
@@ -249,6 +253,7 @@ def plan_run(cfg: TrainConfig) -> Run:
         raise ValueError(f"out={str(run.out)!r} holds a checkpoint of another run ({'; '.join(diff)}); pass --fresh to "
                          f"replace it, or choose another --out")
     run.start, run.history, run.smooth_loss = meta['epoch'], meta['history'], meta.get('smooth_loss')
+    run.classes = meta.get('classes')
     run.t0 -= run.history[-1].get('wall_s', 0.0) if run.history else 0.0   # count the epochs before the stop
     return run
 
@@ -263,6 +268,10 @@ def build_learner(run: Run, cfg: TrainConfig):
     "The learner of `run`: its data (checked to give training steps), its model, from the checkpoint or `cfg.init`."
     tensors, classes = load_tensors(run.recipe, cfg.data, cfg.cache, cfg.download)
     check_trainable(tensors, classes, run.recipe.batch_size, run.nproc)
+    if run.classes is not None and list(run.classes) != list(classes):      # the same run on other data is another
+        raise ValueError(f"out={str(run.out)!r} holds a checkpoint of another run (classes: {run.classes[:3]}... "
+                         f"(checkpoint) vs {classes[:3]}... (data)); pass --fresh to replace it, or choose another "
+                         f"--out")
     learn = make_learner(run.step, run.size, run.recipe, tensors, classes, run.seed, run.start, run.nproc,
                          device=_device(), augment=cfg.augment)
     if run.start: load_checkpoint(run.out / CKPT, learn)
@@ -280,7 +289,7 @@ def fit_run(learn, run: Run, stop_after: int | None = None, quiet: bool = False)
     if run.smooth_loss: cbs.append(RestoreSmoothLoss(run.smooth_loss))
     if run.freeze_epochs: cbs.append(FreezeBody(run.freeze_epochs, run.start))
     bars = [c for c in learn.cbs if type(c).__name__ == 'ProgressCallback']
-    if quiet:   # no progress bar and no epoch table on stdout (the history is in the checkpoint and results)
+    if quiet or rank_distrib() != 0:   # no bar or epoch table (in the checkpoint and results); under DDP: rank 0's
         learn.remove_cbs(bars)
         learn.logger = noop
     elif not sys.stdout.isatty():   # a log file: one plain line per epoch, not a bar redrawn with carriage returns

@@ -99,7 +99,8 @@ TRAIN_CASES = [   # (arguments, what the message must say)
     (['--out', '{run}', '--seed', '7'], "holds a checkpoint of another run (seed: 0 (checkpoint) vs 7 (asked))"),
     (['--out', '{run}', '--step', '+ LLaMA FFN'], "step: 'ViT' (checkpoint) vs '+ LLaMA FFN' (asked)"),
     (['--out', '{run}', '--init', '{ffn}/../run/checkpoint.safetensors'], "init: None (checkpoint) vs '{run}/checkpoint"),
-    (['--out', '{run}', '--freeze-epochs', '2'], "freeze_epochs: 0 (checkpoint) vs 2 (asked)"),
+    (['--out', '{run}', '--freeze-epochs', '1'], "freeze_epochs: 0 (checkpoint) vs 1 (asked)"),
+    (['--freeze-epochs', '5'], "--freeze-epochs=5 is not allowed: it must be at most the run's epochs (1)"),
     (['--out', '{t}/trunc'], "checkpoint '{t}/trunc/checkpoint.safetensors' cannot be read"),
     (['--resume', '--fresh', '--out', '{run}'], '--resume and --fresh contradict each other'),
     (['--cache', '{t}/afile/sub'], "cache='{t}/afile/sub' cannot be made"),
@@ -705,3 +706,13 @@ def test_export_onnx_refuses_what_it_would_not_write(tmp_path, kw, says):
     path = tmp_path / kw.pop('path', 'm.onnx')
     with pytest.raises(ValueError, match=says): export_onnx('illama_tiny', path, img_size=32, **kw)
     assert list(tmp_path.iterdir()) == []
+
+def test_a_finished_run_is_not_reported_for_other_classes(world, tmp_path, capsys):
+    "The same command on data whose class folders differ from the checkpoint's: refused, naming the classes."
+    other = shutil.copytree(world['ds'], tmp_path / 'other')
+    for split in ('train', 'val'): (other / split / 'n00000002').rename(other / split / 'zzz')
+    out = shutil.copytree(world['run'], tmp_path / 'run')
+    before = _snapshot(out)
+    code, err = _run_main(train_main, ['--step', 'ViT', *SMOKE, '--data', str(other), '--out', str(out)], capsys)
+    assert code == 2 and "holds a checkpoint of another run (classes:" in err and "'zzz']" in err, err
+    assert err.count('\n') == 1 and _snapshot(out) == before

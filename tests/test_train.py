@@ -212,4 +212,5 @@ def test_illama_train_nproc_2_trains_one_run(ds, tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and r.stdout.count('results: ') == 1, r.stderr[-3000:]
     assert 'OMP_NUM_THREADS' not in r.stderr and 'Traceback' not in r.stderr, r.stderr[-3000:]
+    assert r.stdout.count('epoch 1 ') == 1, r.stdout[-3000:]                      # one epoch line: rank 0's
     assert json.loads((tmp_path / 'run' / 'results.json').read_text())['nproc'] == 2

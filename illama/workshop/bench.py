@@ -553,10 +553,11 @@ def _parser():
 # %% ../../nbs/08_benchmark.ipynb #d21c4472
 def _check(a):
     "Every option, and the output's folder, checked before anything is measured."
-    a.sizes = tuple(s.strip().upper() for s in a.sizes.split(',') if s.strip())
-    if not a.sizes or any(s not in BENCH_SIZES for s in a.sizes):
-        raise ValueError(f"--sizes={','.join(a.sizes)!r} is not allowed; choose among "
-                         f"{list(BENCH_SIZES)}, comma-separated")
+    given = a.sizes
+    a.sizes = tuple(s.strip().upper() for s in given.split(','))
+    if not a.sizes or any(s not in BENCH_SIZES for s in a.sizes) or len(set(a.sizes)) < len(a.sizes):
+        raise ValueError(f"--sizes={given!r} is not allowed; choose among {list(BENCH_SIZES)}, comma-separated, "
+                         f"each once")
     for name in ('batch', 'repeats', 'threads'):
         v = getattr(a, name)
         if v is not None and v < 1: raise ValueError(f"--{name}={v} is not allowed; it must be a positive integer")
