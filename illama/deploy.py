@@ -12,12 +12,10 @@ import timm
 from . import models  # noqa: F401 -- registers illama_* with timm, which `load_model` names
 
 # %% auto #0
-__all__ = ['CKPT_NAME', 'ONNX_ATOL', 'load_model', 'example_input', 'export_program', 'check_program', 'graph_ops', 'export_onnx',
+__all__ = ['ONNX_ATOL', 'load_model', 'example_input', 'export_program', 'check_program', 'graph_ops', 'export_onnx',
            'onnx_session', 'run_onnx', 'quantize', 'int8_linears', 'main']
 
 # %% ../nbs/13c_deploy.ipynb #a811996d
-CKPT_NAME = 'checkpoint.safetensors'   # chapter 11c's file name in a run folder
-
 def load_model(src, img_size=None) -> nn.Module:
     "An eval-mode model from `src`: a module, a timm model name, or our checkpoint (a file or its run folder)."
     if isinstance(src, nn.Module): return src.eval()
@@ -26,10 +24,9 @@ def load_model(src, img_size=None) -> nn.Module:
     if img_size is not None and not (type(img_size) is int and 16 <= img_size <= 4096):     # illama-train's bound
         raise ValueError(f"img_size={img_size!r} is not allowed; it must be an integer from 16 to 4096, or None")
     p = Path(src)
-    if p.is_dir(): p = p / CKPT_NAME
-    if p.is_file():      # chapter 13's model of a run (here: chapter 13 imports fastai, which `illama` does not)
-        from illama.evaluate import run_model
-        return run_model(p, img_size)
+    if p.exists():       # our checkpoint, or its run's folder (chapter 13, imported here: it imports fastai)
+        from illama.evaluate import run_file, run_model
+        if run_file(p).is_file(): return run_model(p, img_size)
     if str(src) in timm.list_pretrained(str(src).split('.')[0] + '.*'):   # released weights, 'illama_tiny.in1k':
         from illama.evaluate import load_model as released      # chapter 13 fetches them, or says why not
         kw = {} if img_size is None else dict(img_size=img_size)

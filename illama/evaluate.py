@@ -10,8 +10,8 @@ import torch
 from .data import open_rgb, scan_folder, write_text_atomic, git_revision, check_writable, error_line, CliParser
 
 # %% auto #0
-__all__ = ['expected_calibration_error', 'imagenet_indices', 'label_indices', 'data_config', 'eval_loader', 'predict', 'evaluate',
-           'check_weights', 'hub_reachable', 'load_model', 'run_classes', 'run_model', 'main']
+__all__ = ['RUN_CKPT', 'expected_calibration_error', 'imagenet_indices', 'label_indices', 'data_config', 'eval_loader', 'predict',
+           'evaluate', 'check_weights', 'hub_reachable', 'load_model', 'run_file', 'run_classes', 'run_model', 'main']
 
 # %% ../nbs/13_evaluate.ipynb #0dd9206f
 def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float:
@@ -168,11 +168,17 @@ def load_model(tag: str, checkpoint=None, local_option: str = '--checkpoint', **
     return model
 
 # %% ../nbs/13_evaluate.ipynb #57551672
+RUN_CKPT = 'checkpoint.safetensors'    # chapter 11c's `CKPT` (which imports this chapter): the file in a run's folder
+
+def run_file(path) -> Path:
+    "The checkpoint `path` names: the file itself, or the one in a run's folder."
+    return Path(path) / RUN_CKPT if Path(path).is_dir() else Path(path)
+
 def run_classes(path) -> list[str] | None:
     "The class names of a checkpoint that illama-train wrote (chapter 11c), or None when `path` is not one."
     from safetensors import safe_open
     try:
-        with safe_open(str(path), 'pt') as f: meta = json.loads((f.metadata() or {})['meta'])
+        with safe_open(str(run_file(path)), 'pt') as f: meta = json.loads((f.metadata() or {})['meta'])
         return [str(c) for c in meta['classes']]
     except Exception: return None          # another format (a .pth, a bare state dict), or no classes recorded
 
@@ -181,6 +187,7 @@ def run_model(path, img_size=None):
     from safetensors import safe_open
     from safetensors.torch import load_file
     from illama.vit import Illama, IllamaConfig
+    path = run_file(path)
     try:
         with safe_open(str(path), 'pt') as f: meta = json.loads((f.metadata() or {})['meta'])
         model = Illama(IllamaConfig.from_dict(meta['model']))
@@ -230,8 +237,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     try:
         _check(a)
-        ck = a.checkpoint and (Path(a.checkpoint) / 'checkpoint.safetensors' if Path(a.checkpoint).is_dir()
-                                else a.checkpoint)                       # a run's folder stands for its checkpoint
+        ck = a.checkpoint and run_file(a.checkpoint)                     # a run's folder stands for its checkpoint
         names = run_classes(ck) if ck else None
         if a.model is None:
             if not ck: raise ValueError("--model is required (a timm tag such as illama_tiny.in1k), unless "

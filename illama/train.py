@@ -34,7 +34,7 @@ from .checkpoints import CKPT, read_checkpoint, load_checkpoint, CheckpointCallb
 # %% auto #0
 __all__ = ['FRESH', 'RUN_FILES', 'RANK_MAIN', 'LAUNCHED', 'load_tensors', 'check_trainable', 'make_learner', 'CpuDistributedDL',
            'plot_history', 'TrainConfig', 'check_config', 'Run', 'run_differences', 'check_batch', 'init_name',
-           'plan_run', 'build_learner', 'fit_run', 'run_result', 'finish_run', 'file_lock', 'out_lock', 'holds_run',
+           'plan_run', 'build_learner', 'fit_run', 'run_result', 'finish_run', 'file_lock', 'out_lock', 'trains_aside',
            'land_fresh', 'fresh_aside', 'train', 'check_int', 'default_out', 'plan_from_args', 'main',
            'interrupted_line']
 
@@ -391,9 +391,9 @@ def out_lock(out):
 FRESH = '.fresh'                                  # where a fresh run trains while another run's files stay in `out`
 RUN_FILES = (CKPT, 'results.json', 'results.png')
 
-def holds_run(out) -> bool:
-    "True when folder `out` holds a run's checkpoint or results."
-    return any((Path(out) / f).exists() for f in RUN_FILES)
+def trains_aside(out, resume) -> bool:
+    "True when a run trains in `out/.fresh`: a fresh one (`resume=False`) while `out` holds a run's files."
+    return resume is False and any((Path(out) / f).exists() for f in RUN_FILES)
 
 def land_fresh(stage: Path, out: Path):
     "The fresh run in `stage` has ended: its files replace `out`'s (those it did not write go), Ctrl-C held back."
@@ -407,7 +407,7 @@ def land_fresh(stage: Path, out: Path):
 def fresh_aside(run: Run, resume):
     "A fresh run (`resume=False`) over another run's files trains in `out/.fresh`; they are replaced when it ends."
     out, rank0 = run.out, rank_distrib() == 0
-    if resume is not False or not holds_run(out):
+    if not trains_aside(out, resume):
         yield run
         return
     run.out = stage = out / FRESH
@@ -585,7 +585,7 @@ def _relaunch(argv, nproc: int, cfg: TrainConfig) -> int:
     args = _without_nproc(list(sys.argv[1:] if argv is None else argv))
     os.environ.setdefault('OMP_NUM_THREADS', str(max(1, (os.cpu_count() or 1) // nproc)))   # the cores, shared
     _quiet_launcher()
-    aside = cfg.resume is False and holds_run(cfg.out)
+    aside = trains_aside(cfg.out, cfg.resume)
     launch = ['--standalone', f'--nproc_per_node={nproc}', '--no-python', sys.executable, '-u', '-c', RANK_MAIN]
     with tempfile.TemporaryDirectory(prefix='illama-errors-') as errors:
         os.environ[LAUNCHED] = errors
@@ -638,7 +638,7 @@ def interrupted_line(out, fresh: bool, aside: bool) -> str:
 
 def _fit_and_finish(learn, run: Run, cfg: TrainConfig) -> int:
     "Fit and write the result; 0, or one line and 1 (diverged, results not writable) or 130 (interrupted)."
-    aside = cfg.resume is False and holds_run(run.out)      # a --fresh run over a run: that run stays till it ends
+    aside = trains_aside(run.out, cfg.resume)           # a --fresh run over a run: that run stays till it ends
     try:
         with fresh_aside(run, cfg.resume):
             end = fit_run(learn, run, cfg.stop_after, cfg.quiet)
