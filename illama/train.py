@@ -566,7 +566,11 @@ def stopped(*_):     # Ctrl-C while the process imports: no traceback (the launc
 signal.signal(signal.SIGINT, stopped)
 from illama.train import main
 signal.signal(signal.SIGINT, signal.default_int_handler)
-sys.exit(main())
+code = main()
+if code:             # stopped or failed: leave without tearing down the process group, whose gloo threads may still
+    sys.stdout.flush(); sys.stderr.flush()      # wait on a peer (their destructors would abort, "terminate called...")
+    os._exit(code)
+sys.exit(code)
 """   # what each process runs
 
 LAUNCHED = 'ILLAMA_LAUNCHED'    # the processes `--nproc` starts leave their error line in this folder: the launcher
