@@ -9,12 +9,12 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count, sdpa_backward_flop_count
 
 # %% auto #0
-__all__ = ['MATERIALISE_MAX_N', 'REDUCED_DTYPES', 'CHUNK_MAX_N', 'CHUNK_BYTES', 'IMAGE_CHUNK_BYTES', 'BF16_FLAGS', 'sdpa_lse',
-           'sdpa_lse_backward', 'post_softmax_attention_op', 'post_softmax_attention_backward', 'flop_formulas',
-           'post_softmax_sdpa', 'post_softmax_attention', 'traced', 'materialise', 'chunk_inference',
-           'post_softmax_chunked', 'image_bytes', 'images_per_chunk', 'cpu_flags', 'native_bf16', 'BF16ProductsInFP32',
-           'bf16_products', 'RotateQKV', 'rotate_qkv', 'RMSNormFunction', 'rms_norm', 'table2_flops',
-           'causal_needed_macs', 'counted_macs']
+__all__ = ['MATERIALISE_MAX_N', 'REDUCED_DTYPES', 'CHUNK_MAX_N', 'CHUNK_BYTES', 'PV_ROW_BLOCKS', 'IMAGE_CHUNK_BYTES',
+           'BF16_FLAGS', 'sdpa_lse', 'sdpa_lse_backward', 'post_softmax_attention_op',
+           'post_softmax_attention_backward', 'flop_formulas', 'post_softmax_sdpa', 'post_softmax_attention', 'traced',
+           'materialise', 'pv_row_blocks', 'chunk_inference', 'post_softmax_chunked', 'image_bytes', 'images_per_chunk',
+           'cpu_flags', 'native_bf16', 'BF16ProductsInFP32', 'bf16_products', 'RotateQKV', 'rotate_qkv',
+           'RMSNormFunction', 'rms_norm', 'table2_flops', 'causal_needed_macs', 'pv_skipped_macs', 'counted_macs']
 
 # %% ../nbs/07_kernels.ipynb #6b07fa25
 _aten = torch.ops.aten
@@ -143,6 +143,12 @@ def materialise(q) -> bool:
 
 CHUNK_MAX_N = 640            # 'auto' runs CPU inference of Eq. 2 in cache-sized chunks up to this many tokens
 CHUNK_BYTES = 2 ** 21        # the probabilities of one chunk: about one core's L2 cache
+PV_ROW_BLOCKS = 2            # the causal PV product of a chunk in row blocks, each reading the keys up to its last row
+
+def pv_row_blocks(n: int, blocks: int = PV_ROW_BLOCKS) -> list:
+    "The causal PV product's row blocks (lo, hi) for `n` tokens: rows lo..hi-1 read keys 0..hi-1 (the rest are zeros)."
+    cuts = [-(-n * i // blocks) for i in range(blocks + 1)]        # rounded up: n odd, the first block is the larger
+    return [(lo, hi) for lo, hi in zip(cuts, cuts[1:]) if hi > lo]
 
 def chunk_inference(q) -> bool:
     "Per-shape rule of 'auto' for Eq. 2 without autograd: on the CPU at n ≤ CHUNK_MAX_N (fp32, bf16, fp16), in chunks."
@@ -151,7 +157,7 @@ def chunk_inference(q) -> bool:
             and not (q.requires_grad and torch.is_grad_enabled()) and not traced())
 
 def post_softmax_chunked(q, k, v, alpha: float = 0.0, cls_row: int | None = None):
-    "Exact Eq. 2, `(softmax(q kᵀ/√d) ⊙ S) v`, no autograd: a few images at a time, each chunk's n×n kept in cache."
+    "Exact Eq. 2, `(softmax(q kᵀ/√d) ⊙ S) v`, no autograd: a few images at a time (n×n in cache); causal PV in blocks."
     B, H, N, D = q.shape
     per = max(1, CHUNK_BYTES // (H * N * N * q.element_size())) * H          # (image, head) pairs per chunk
     s = None if alpha == 0 and cls_row is None else _soft_mask(N, alpha, cls_row, q.device, q.dtype)
@@ -162,7 +168,11 @@ def post_softmax_chunked(q, k, v, alpha: float = 0.0, cls_row: int | None = None
         e = min(b + per, B * H)
         a = torch.baddbmm(ignored[:e - b], q[b:e], k[b:e].transpose(1, 2), beta=0, alpha=D ** -0.5)   # (chunk, n, n)
         p = torch.softmax(a, -1)
-        torch.bmm(p.tril_() if s is None else p.mul_(s), v[b:e], out=out[b:e])
+        if s is not None: torch.bmm(p.mul_(s), v[b:e], out=out[b:e])
+        else:                                  # causal: the zero tiles right of a row block's last key are not read
+            p.tril_()
+            for lo, hi in pv_row_blocks(N):                                  # (chunk, rows, d) each
+                out[b:e, lo:hi] = torch.bmm(p[:, lo:hi, :hi], v[b:e, :hi])
     return out.view(B, H, N, D)
 
 # %% ../nbs/07_kernels.ipynb #e97c0f21
@@ -319,6 +329,10 @@ def causal_needed_macs(n: int, d: int, post_softmax: bool = True) -> int:
     "MACs the causal math needs: Eq. 2 (post-softmax) needs every score for the softmax denominator, Eq. 1 only j <= i."
     tri = n * (n + 1) // 2
     return 4 * n * d * d + (n * n if post_softmax else tri) * d + tri * d
+
+def pv_skipped_macs(n: int, d: int) -> int:
+    "MACs of the causal PV product that CPU inference's row blocks skip (`pv_row_blocks`): ⌊n²/4⌋·d at two blocks."
+    return sum((hi - lo) * (n - hi) for lo, hi in pv_row_blocks(n)) * d
 
 def counted_macs(fn, *args) -> int:
     "The MACs of `fn(*args)` (no grad): half the FLOPs `FlopCounterMode` counts, with `flop_formulas()` added."

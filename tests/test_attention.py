@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from illama.masks import AttentionMask, attention_reference, soft_mask, causal_mask
 from illama.kernels import (post_softmax_sdpa, rotate_qkv, table2_flops, causal_needed_macs,
-                            counted_macs, sdpa_lse, materialise, MATERIALISE_MAX_N)
+                            counted_macs, pv_skipped_macs, sdpa_lse, materialise, MATERIALISE_MAX_N)
 from illama.vit import Attention, create_roadmap_model, ROADMAP, use_kernels, kernel_choice, runs_materialised
 from illama.rope import Rope1D, Rope2D
 
@@ -231,14 +231,18 @@ def test_rope_size_mismatch_still_raises():
         m.blocks[0](x, m.attention_mask(16), m.rope)
 
 def test_table2_against_flop_counter():
-    "Bidirectional: Table 2 is what the counter counts. Causal: the counter counts fused SDPA as full; Table 2's is"
-    " the post-softmax count with the triangle as floor(N^2/2)+1 entries (exact only for N <= 2)."
+    "Bidirectional: Table 2 is what the counter counts. Causal: the counter counts fused SDPA as full, CPU inference's"
+    " row blocks less; Table 2's is the post-softmax count with the triangle as floor(N^2/2)+1 entries (exact only for N <= 2)."
     d = 64
     layer = Attention(d, 2)
     for n in (2, 5, 50):
         x = torch.randn(1, n, d)
-        for mask in (None, AttentionMask(n), AttentionMask(n, kind='additive'), AttentionMask(n, alpha=0.5)):
+        for mask in (None, AttentionMask(n, kind='additive'), AttentionMask(n, alpha=0.5)):
             assert counted_macs(layer, x, mask) == table2_flops(n, d)
+        # causal Eq. 2 at CPU inference: PV in row blocks, the zeros right of a block's last key not read
+        assert counted_macs(layer, x, AttentionMask(n)) == table2_flops(n, d) - pv_skipped_macs(n, d)
+        assert pv_skipped_macs(n, d) == n * n // 4 * d
+        with use_kernels('flash'): assert counted_macs(layer, x, AttentionMask(n)) == table2_flops(n, d)
         diff = causal_needed_macs(n, d) - table2_flops(n, d, 'causal')
         assert diff == (n * (n + 1) // 2 - n * n // 2 - 1) * d
         assert (diff == 0) == (n <= 2)
