@@ -92,3 +92,10 @@ def test_a_tiny_run_writes_its_report_and_exits_0(tmp_path):
 def test_the_default_output_is_not_the_committed_table(tmp_path):
     from illama.workshop.bench import _parser
     assert _parser().get_default('out') == 'runs/bench/throughput_{device}.md'   # experiments/ only when named
+
+def test_report_names_the_code_that_measured_it():
+    "The revision a result records is in its report's settings line; an older result without one says nothing of it."
+    res = _result()
+    assert 'revision' not in markdown_report(res).split('\n\n')[1]
+    res['settings']['git_rev'] = 'abc1234-dirty'
+    assert '224² images, code at revision abc1234-dirty; torch x' in markdown_report(res)

@@ -16,7 +16,7 @@ from ..models import count_params          # importing it registers illama_* wit
 from ..kernels import bf16_products, causal_needed_macs, counted_macs, cpu_flags, image_bytes, table2_flops
 from ..vit import image_chunks, use_kernels
 from ..paper import TABLE6
-from ..data import check_writable, write_text_atomic, CliParser, find_data, scan_folder, error_line
+from ..data import check_writable, write_text_atomic, CliParser, find_data, scan_folder, error_line, git_revision
 from ..results import fmt
 from ..deploy import export_onnx, export_program, load_model, onnx_session, quantize, run_onnx
 from .layout import tables_dir
@@ -269,7 +269,7 @@ def _settings(device, batch, img_size, repeats, warmup, compile, bf16) -> dict:
     name = (torch.cuda.get_device_name(device) if device.type == 'cuda'
             else f'{cpu_name()}, {torch.get_num_threads()} threads')
     return dict(device=str(device), device_name=name, torch=torch.__version__, timm=timm.__version__, batch=batch,
-                img_size=img_size, repeats=repeats, warmup=warmup, compile=compile, bf16=bf16)
+                img_size=img_size, repeats=repeats, warmup=warmup, compile=compile, bf16=bf16, git_rev=git_revision())
 
 # %% ../../nbs/08_benchmark.ipynb #0695312c
 TARGETS = {'T': 1.15, 'S': 1.10, 'B': 1.10}   # inference vs timm's DeiT of the size (Table 6's A100 ratio for T)
@@ -391,6 +391,10 @@ def targets_table(res) -> str:
     return '\n'.join(lines)
 
 # %% ../../nbs/08_benchmark.ipynb #9138b8cc
+def _at_revision(st: dict) -> str:
+    "', code at revision …' for a report's settings line (older results did not record it)."
+    return f", code at revision {st['git_rev']}" if st.get('git_rev') else ''
+
 def markdown_report(res, command: str = '', profile: str = '') -> str:
     "The benchmark as markdown: inference beside Table 6, the training step, memory, the targets and the settings."
     st = res['settings']
@@ -399,7 +403,8 @@ def markdown_report(res, command: str = '', profile: str = '') -> str:
              f"with the fastest and slowest repeat beside them. Ratios are against DeiT of the same size run the "
              f"same way (a bf16 row against DeiT in bf16, a compiled one against compiled DeiT), repeat by repeat "
              f"(the calls of one repeat run back to back): the median of the per-repeat ratios, their range in "
-             f"brackets. Inference: float32, batch {st['batch']}, {st['img_size']}² images; torch {st['torch']}, "
+             f"brackets. Inference: float32, batch {st['batch']}, {st['img_size']}² images{_at_revision(st)}; "
+             f"torch {st['torch']}, "
              f"timm {st['timm']}. Table 6 is the paper's (A100, batch 1024). Page faults: the median count per batch "
              f"of fresh 4 KB pages touched for the first time (thousands); glibc hands large freed tensors back to "
              f"the system, and the next batch faults them in again. iLLaMA runs CPU inference a chunk of images at a "
@@ -462,7 +467,8 @@ def _deploy_settings(img_size, batch, latency_images, repeats, warmup) -> dict:
     ort = importlib.import_module('onnxruntime')
     return dict(device='cpu', device_name=f'{cpu_name()}, {torch.get_num_threads()} threads', torch=torch.__version__,
                 timm=timm.__version__, onnxruntime=ort.__version__, img_size=img_size, batch=batch,
-                latency_images=latency_images, repeats=repeats, warmup=warmup, load_before=os.getloadavg()[0])
+                latency_images=latency_images, repeats=repeats, warmup=warmup, load_before=os.getloadavg()[0],
+                git_rev=git_revision())
 
 def bench_deploy(img_size=224, batch=64, latency_images=50, repeats=5, warmup=1, log=print) -> dict:
     "DeiT-Ti and iLLaMA-T, each run the four ways: batch-1 latency (one image a call) and batch throughput."
@@ -499,7 +505,7 @@ def deploy_report(res, command: str = '') -> str:
              f"{st['batch']} ({st['img_size']}² images, after {st['warmup']} warm-up). Ratios are iLLaMA-T against "
              f"DeiT-Ti run the same way, call by call: the median of the paired ratios, their range in brackets. "
              f"torch {st['torch']}, timm {st['timm']}, onnxruntime {st['onnxruntime']}; load average "
-             f"{st['load_before']:.2f} before, {st['load_after']:.2f} after.", '']
+             f"{st['load_before']:.2f} before, {st['load_after']:.2f} after{_at_revision(st)}.", '']
     if command: lines += ['```', command, '```', '']
     if st.get('note'): lines += [f"**Note:** {st['note']}", '']
     lines += ['| way | DeiT-Ti latency (ms) | iLLaMA-T latency (ms) | iLLaMA / DeiT latency | DeiT-Ti images/s '
