@@ -17,9 +17,9 @@ with warnings.catch_warnings():   # fastai warns about its own use of torch.jit.
 # %% auto #0
 __all__ = ['IMG_EXTS', 'SPLITS', 'NAME_MAX', 'IMAGENET_MEAN', 'IMAGENET_STD', 'find_data', 'fake_imagenet', 'scan_folder',
            'open_rgb', 'load_image', 'cache_dir', 'atomic_save', 'write_text_atomic', 'git_revision', 'cache_file',
-           'decode_items', 'tidy_folders', 'uninterrupted', 'check_writable', 'error_line', 'CliParser',
-           'rrc_flip_theta', 'BatchAugment', 'TensorDL', 'folder_tensors', 'cifar_tensors', 'make_dls', 'FolderImages',
-           'StreamDL', 'folder_images']
+           'decode_items', 'tidy_folders', 'uninterrupted', 'check_writable', 'error_line', 'name_too_long',
+           'CliParser', 'rrc_flip_theta', 'BatchAugment', 'TensorDL', 'folder_tensors', 'cifar_tensors', 'make_dls',
+           'FolderImages', 'StreamDL', 'folder_images']
 
 # %% ../nbs/10_data.ipynb #e4e64a67
 IMG_EXTS = ('.jpeg', '.jpg', '.png', '.bmp', '.webp')
@@ -276,6 +276,10 @@ def error_line(e: BaseException, limit: int = 200) -> str:
 # %% ../nbs/10_data.ipynb #71a46017
 NAME_MAX = 255     # bytes in one file name, on every common file system
 
+def name_too_long(path) -> bool:
+    "Whether a name in `path` is over NAME_MAX bytes: no file system holds it (stat itself fails)."
+    return any(len(part.encode()) > NAME_MAX for part in str(path).split('/'))
+
 class CliParser(argparse.ArgumentParser):
     "An `ArgumentParser` whose errors are one line on stderr (exit code 2); `fail` says any other error the same way."
     def error(self, message):
@@ -291,7 +295,7 @@ class CliParser(argparse.ArgumentParser):
                 self.error(f"{name}={empty!r} is not allowed: give a value" +
                            ("" if required else f", or leave {name} out for its default"))
             path = value if x.startswith('--') and eq else x         # a name no file system holds: said here, once
-            if any(len(part.encode()) > NAME_MAX for part in path.split('/')):
+            if name_too_long(path):
                 flag = name + '=' if eq else args[i - 1] + '=' if i and args[i - 1].startswith('--') else ''
                 self.error(f"{flag}{path[:60] + '…'!r} cannot be used (File name too long: a name in it is over "
                            f"{NAME_MAX} bytes)")

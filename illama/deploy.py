@@ -81,7 +81,9 @@ def export_onnx(src, path, img_size=None, batch: int = 2, opset: int | None = No
     if type(batch) is not int or not 2 <= batch <= 4096:      # batch 1 would be traced as a constant
         raise ValueError(f"batch={batch!r} is not allowed; the example batch is an integer from 2 to 4096 "
                          f"(the exported batch is dynamic)")
-    if Path(path).suffix != '.onnx': raise ValueError(f"path={str(path)!r} is not allowed: expected a .onnx file name")
+    if not isinstance(path, (str, os.PathLike)) or Path(path).suffix != '.onnx':
+        shown = str(path) if isinstance(path, (str, os.PathLike)) else path
+        raise ValueError(f"path={shown!r} is not allowed: expected a .onnx file name (a str or Path)")
     model = load_model(src, img_size)
     from illama.data import check_writable                  # here: chapter 10 imports fastai, `illama` does not
     path = check_writable(path, 'path')

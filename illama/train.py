@@ -22,7 +22,7 @@ from fastcore.basics import noop
 from .vit import get_step, Illama, ROADMAP, SIZES, check_choice
 from .data import find_data, folder_tensors, folder_images, FolderImages, cifar_tensors, make_dls, BatchAugment
 from .data import atomic_save, cache_dir, git_revision, scan_folder, CliParser, check_writable, tidy_folders
-from .data import uninterrupted, write_text_atomic
+from .data import uninterrupted, write_text_atomic, name_too_long, NAME_MAX
 from .results import ResultError, read_result, write_result
 from .recipes import (Recipe, RECIPES, REGIMES, MAX_EPOCHS, PIPELINES, step_recipe, step_model_config,
                             check_precision, lr_scheds, make_mixup)
@@ -162,7 +162,8 @@ class TrainConfig:
 
 # %% ../nbs/11_train.ipynb #b7598e8b
 def _is_int(v) -> bool: return isinstance(v, int) and not isinstance(v, bool)
-def _is_path(v) -> bool: return isinstance(v, (str, os.PathLike)) and str(v).strip() != ''
+_FOLDER = f'a folder (a str or Path, each name at most {NAME_MAX} bytes)'    # what a path field of TrainConfig takes
+def _is_path(v) -> bool: return isinstance(v, (str, os.PathLike)) and str(v).strip() != '' and not name_too_long(v)
 
 def check_config(cfg: TrainConfig) -> TrainConfig:
     "`cfg` if every field holds a value of its type and range; else a `ValueError` naming the first that does not."
@@ -173,9 +174,9 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
              ('epochs', lambda v: v is None or _is_int(v) and 1 <= v <= MAX_EPOCHS,
               f'an integer from 1 to {MAX_EPOCHS}, or None'),
              ('recipe', lambda v: v is None or isinstance(v, Recipe), 'a Recipe (e.g. RECIPES[name]), or None'),
-             ('out', _is_path, 'a folder (a str or Path)'),
-             ('data', lambda v: v is None or _is_path(v), 'a folder (a str or Path), or None'),
-             ('cache', lambda v: v is None or _is_path(v), 'a folder (a str or Path), or None'),
+             ('out', _is_path, _FOLDER),
+             ('data', lambda v: v is None or _is_path(v), f'{_FOLDER}, or None'),
+             ('cache', lambda v: v is None or _is_path(v), f'{_FOLDER}, or None'),
              ('init', lambda v: v is None or _is_path(v), 'a weights file or a released tag, or None'),
              ('freeze_epochs', lambda v: _is_int(v) and 0 <= v <= MAX_EPOCHS, f'an integer from 0 to {MAX_EPOCHS}'),
              ('resume', lambda v: v is None or isinstance(v, bool), 'True, False or None'),

@@ -698,12 +698,14 @@ def test_illama_export_of_a_released_tag_says_why_not(tmp_path, capsys, monkeypa
     assert code == 2 and "'illama_tiny.in1k' names released weights" in err and err.count('\n') == 1, err
 
 @pytest.mark.parametrize('kw,says', [(dict(opset=1), 'opset=1 is not allowed'), (dict(batch=0), 'batch=0 is not allowed'),
-                                     (dict(path='m.txt'), 'expected a .onnx file name')])
+                                     (dict(path='m.txt'), 'expected a .onnx file name'),
+                                     (dict(path=None), r"path=None is not allowed: expected a \.onnx file name")])
 def test_export_onnx_refuses_what_it_would_not_write(tmp_path, kw, says):
     "The Python API: an opset the exporter does not write (it wrote 18 instead), a batch of 0, a name that is not .onnx."
     pytest.importorskip('onnxscript')
     from illama.deploy import export_onnx
-    path = tmp_path / kw.pop('path', 'm.onnx')
+    name = kw.pop('path', 'm.onnx')
+    path = name if name is None else tmp_path / name
     with pytest.raises(ValueError, match=says): export_onnx('illama_tiny', path, img_size=32, **kw)
     assert list(tmp_path.iterdir()) == []
 
