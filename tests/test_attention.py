@@ -232,7 +232,8 @@ def test_rope_size_mismatch_still_raises():
 
 def test_table2_against_flop_counter():
     "Bidirectional: Table 2 is what the counter counts. Causal: the counter counts fused SDPA as full, CPU inference's"
-    " row blocks less; Table 2's is the post-softmax count with the triangle as floor(N^2/2)+1 entries (exact only for N <= 2)."
+    " row blocks less; Table 2's is the post-softmax count with the triangle as floor(N^2/2)+1 entries (exact for"
+    " N <= 2 only)."
     d = 64
     layer = Attention(d, 2)
     for n in (2, 5, 50):

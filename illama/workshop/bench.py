@@ -404,9 +404,9 @@ def markdown_report(res, command: str = '', profile: str = '') -> str:
              f"same way (a bf16 row against DeiT in bf16, a compiled one against compiled DeiT), repeat by repeat "
              f"(the calls of one repeat run back to back): the median of the per-repeat ratios, their range in "
              f"brackets. Inference: float32, batch {st['batch']}, {st['img_size']}² images{_at_revision(st)}; "
-             f"torch {st['torch']}, "
-             f"timm {st['timm']}. Table 6 is the paper's (A100, batch 1024). Page faults: the median count per batch "
-             f"of fresh 4 KB pages touched for the first time (thousands); glibc hands large freed tensors back to "
+             f"torch {st['torch']}, timm {st['timm']}. Table 6 is the paper's (A100, batch 1024). Page faults: the "
+             f"median count per batch of fresh 4 KB pages touched for the first time (thousands); glibc hands "
+             f"large freed tensors back to "
              f"the system, and the next batch faults them in again. iLLaMA runs CPU inference a chunk of images at a "
              f"time (chapter 7), which keeps freed memory for reuse; 'DeiT in image chunks' is timm's DeiT run in "
              f"chunks by the same rule, and 'vs DeiT in chunks' compares iLLaMA with it: like for like, the "
@@ -414,8 +414,7 @@ def markdown_report(res, command: str = '', profile: str = '') -> str:
              f"`counted_macs`; CPU inference skips half the zeros of the causal PV product, chapter 7's row "
              f"blocks); if time followed them, like for like would be DeiT's over iLLaMA's. The next column skips that "
              f"product's whole zero upper triangle, all that exact arithmetic can skip (Eq. 2's softmax needs every "
-             f"score): "
-             f"like for like is read against these two bounds, not against "
+             f"score): like for like is read against these two bounds, not against "
              f"the inference goals, which compare with timm's DeiT as Table 6 does.", '']
     if command: lines += ['```', command, '```', '']
     lines += ['| model | params (M) | images/s | s / batch, min–max | page faults / batch | vs DeiT '
