@@ -174,23 +174,23 @@ def run_file(path) -> Path:
     "The checkpoint `path` names: the file itself, or the one in a run's folder."
     return Path(path) / RUN_CKPT if Path(path).is_dir() else Path(path)
 
+def _run_meta(path: Path) -> dict:
+    "The run metadata chapter 11c writes into a checkpoint's header (safetensors and json raise their own errors)."
+    from safetensors import safe_open
+    with safe_open(str(path), 'pt') as f: return json.loads((f.metadata() or {})['meta'])
+
 def run_classes(path) -> list[str] | None:
     "The class names of a checkpoint that illama-train wrote (chapter 11c), or None when `path` is not one."
-    from safetensors import safe_open
-    try:
-        with safe_open(str(run_file(path)), 'pt') as f: meta = json.loads((f.metadata() or {})['meta'])
-        return [str(c) for c in meta['classes']]
+    try: return [str(c) for c in _run_meta(run_file(path))['classes']]
     except Exception: return None          # another format (a .pth, a bare state dict), or no classes recorded
 
 def run_model(path, img_size=None):
     "The eval-mode model a checkpoint of illama-train describes: its own config, its weights (checked), α = 0."
-    from safetensors import safe_open
     from safetensors.torch import load_file
     from illama.vit import Illama, IllamaConfig
     path = run_file(path)
     try:
-        with safe_open(str(path), 'pt') as f: meta = json.loads((f.metadata() or {})['meta'])
-        model = Illama(IllamaConfig.from_dict(meta['model']))
+        model = Illama(IllamaConfig.from_dict(_run_meta(path)['model']))
         model.load_state_dict({k[6:]: v for k, v in load_file(str(path)).items() if k.startswith('model.')})
     except Exception as e:     # safetensors, json and the state dict each raise their own errors
         raise ValueError(f"checkpoint {str(path)!r} is not one that illama-train wrote ({error_line(e)})") from e

@@ -164,6 +164,7 @@ def post_softmax_chunked(q, k, v, alpha: float = 0.0, cls_row: int | None = None
     q, k, v = (t.contiguous().view(B * H, N, D) for t in (q, k, v))           # (B·H, n, d)
     out = torch.empty_like(q)
     ignored = q.new_zeros(()).expand(per, N, N)      # baddbmm's input, unread at beta=0: 1/√d rides on the product
+    blocks = pv_row_blocks(N)
     for b in range(0, B * H, per):
         e = min(b + per, B * H)
         a = torch.baddbmm(ignored[:e - b], q[b:e], k[b:e].transpose(1, 2), beta=0, alpha=D ** -0.5)   # (chunk, n, n)
@@ -171,7 +172,7 @@ def post_softmax_chunked(q, k, v, alpha: float = 0.0, cls_row: int | None = None
         if s is not None: torch.bmm(p.mul_(s), v[b:e], out=out[b:e])
         else:                                  # causal: the zero tiles right of a row block's last key are not read
             p.tril_()
-            for lo, hi in pv_row_blocks(N):                                  # (chunk, rows, d) each
+            for lo, hi in blocks:                                            # (chunk, rows, d) each
                 out[b:e, lo:hi] = torch.bmm(p[:, lo:hi, :hi], v[b:e, :hi])
     return out.view(B, H, N, D)
 

@@ -236,6 +236,11 @@ def init_name(init) -> str | None:
     "How a run records the weights it started from: a file by its full path, a released tag as it is."
     return None if init is None else str(Path(init).resolve()) if Path(init).is_file() else str(init)
 
+def _another_run(out, differences: list[str]) -> ValueError:
+    "The error for a checkpoint in `out` of another run than the one asked for, naming how they differ."
+    return ValueError(f"out={str(out)!r} holds a checkpoint of another run ({'; '.join(differences)}); pass --fresh to "
+                      f"replace it, or choose another --out")
+
 def plan_run(cfg: TrainConfig) -> Run:
     "The run `cfg` asks for: a fresh one, or (unless `resume=False`) the one whose checkpoint is in `out`, if it is it."
     st = get_step(check_config(cfg).step)
@@ -250,9 +255,7 @@ def plan_run(cfg: TrainConfig) -> Run:
     if cfg.resume is True and not ck.exists(): raise ValueError(f"resume=True but {str(ck)!r} does not exist")
     if not ck.exists() or cfg.resume is False: return run
     _, meta, _ = read_checkpoint(ck)
-    if diff := run_differences(meta, run):
-        raise ValueError(f"out={str(run.out)!r} holds a checkpoint of another run ({'; '.join(diff)}); pass --fresh to "
-                         f"replace it, or choose another --out")
+    if diff := run_differences(meta, run): raise _another_run(run.out, diff)
     run.start, run.history, run.smooth_loss = meta['epoch'], meta['history'], meta.get('smooth_loss')
     run.classes = meta.get('classes')
     run.t0 -= run.history[-1].get('wall_s', 0.0) if run.history else 0.0   # count the epochs before the stop
@@ -270,9 +273,7 @@ def build_learner(run: Run, cfg: TrainConfig):
     tensors, classes = load_tensors(run.recipe, cfg.data, cfg.cache, cfg.download)
     check_trainable(tensors, classes, run.recipe.batch_size, run.nproc)
     if run.classes is not None and list(run.classes) != list(classes):      # the same run on other data is another
-        raise ValueError(f"out={str(run.out)!r} holds a checkpoint of another run (classes: {run.classes[:3]}... "
-                         f"(checkpoint) vs {classes[:3]}... (data)); pass --fresh to replace it, or choose another "
-                         f"--out")
+        raise _another_run(run.out, [f"classes: {run.classes[:3]}... (checkpoint) vs {classes[:3]}... (data)"])
     learn = make_learner(run.step, run.size, run.recipe, tensors, classes, run.seed, run.start, run.nproc,
                          device=_device(), augment=cfg.augment)
     if run.start: load_checkpoint(run.out / CKPT, learn)

@@ -589,10 +589,9 @@ def _check(a):
     if a.warmup < 0: raise ValueError(f'--warmup={a.warmup} is not allowed; it must be >= 0')
     if a.img_size < 16 or a.img_size % 16 or a.img_size > 4096:     # 4096: illama-train's own bound
         raise ValueError(f'--img-size={a.img_size} is not allowed; use a multiple of 16 up to 4096')
-    if (a.batch or 64) * 3 * a.img_size ** 2 * 4 > 2 ** 32:            # one batch of inputs alone over 4 GiB
+    if (size := (a.batch or 64) * 3 * a.img_size ** 2 * 4) > 2 ** 32:    # one batch of inputs alone over 4 GiB
         raise ValueError(f"--batch={a.batch or 64} at --img-size={a.img_size} is not allowed: one batch of images "
-                         f"would take {(a.batch or 64) * 3 * a.img_size ** 2 * 4 / 2 ** 30:.0f} GiB; use fewer or "
-                         f"smaller images")
+                         f"would take {size / 2 ** 30:.0f} GiB; use fewer or smaller images")
     if a.device not in (None, 'cpu', 'cuda'): raise ValueError(f"--device={a.device!r} is not allowed; use cpu or cuda")
     if a.device == 'cuda' and not torch.cuda.is_available(): raise ValueError("--device='cuda': no CUDA device here")
     dev = a.device or ('cuda' if torch.cuda.is_available() else 'cpu')
